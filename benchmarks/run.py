@@ -1,0 +1,551 @@
+"""Run a benchmark: every (script, env, seed) combination as its own process, N at a time, skipping finished ones.
+
+    python benchmarks/run.py --scripts dqn.py --env-ids CartPole-v1 Acrobot-v1 --seeds 1 2 3 --workers 2
+    python benchmarks/run.py --scripts dqn.py:CartPole-v1,Acrobot-v1 dqn_lunar.py:LunarLander-v3 --seeds 1 2 3
+    python benchmarks/run.py --scripts dqn.py --env-ids CartPole-v1 --seeds 1 2 -- --total-timesteps 50000
+    python benchmarks/run.py ... --shard 2/3      # this machine's third of the work; all three share --runs-dir
+
+Every run is `python SCRIPT --env-id ENV --seed N --runs-dir RUNS_DIR --exp-name NAME [args after --]` with one
+thread (OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1), its stdout and stderr appended to
+`RUNS_DIR/_logs/`. The runs themselves write their directories under RUNS_DIR as usual; `benchmarks/plot.py` draws
+them. Exit status: 0 when every run of this shard has finished, 1 when one failed, 2 for a usage error, 130 when
+interrupted.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# the runner sets these per run; after `--` they would silently break the skip logic or collide between runs
+RESERVED_FLAGS = ["--env-id", "--seed", "--runs-dir", "--exp-name", "--resume", "--eval-checkpoint"]
+
+EPILOG = """\
+which envs go with which script:
+  --env-ids applies to every script given without a list of its own; SCRIPT.py:ENV1,ENV2 gives that script its
+  own envs, e.g. `--scripts dqn.py:CartPole-v1,Acrobot-v1 dqn_lunar.py:LunarLander-v3` (no --env-ids needed).
+
+what counts as done:
+  A combination is identified by (env id, exp name, seed), read from each run directory's args.json; the exp name
+  is the script's stem, or STEM-TAG with --tag. It is skipped when a run directory for it holds a summary.json whose
+  status is not "interrupted". The flags given after -- are compared with that run's args.json, and a difference
+  is an error (a run made with other settings is not this benchmark's run): use another --tag or --runs-dir.
+  Flags the run took by default are not checked, so keep one --runs-dir per set of settings.
+
+unfinished runs (a directory without a finished summary.json: Ctrl-C, a crash, a killed machine):
+  --unfinished resume (default): continue the newest one that has a checkpoint.pt with the script's --resume;
+    its metrics.csv continues (the script drops rows after the checkpoint's step), its replay buffer starts empty
+    unless the run was saving it (--save-replay), and its summary's wall time counts only the resumed part.
+  --unfinished restart, or no checkpoint.pt: start a fresh run; the unfinished directories are moved to
+    RUNS_DIR/_unfinished/ (kept, never deleted), so that the plots cannot mix them in.
+
+sharding across machines:
+  --shard I/N (1 <= I <= N) takes every N-th combination of the list sorted by (script, env, seed), starting at
+  the I-th. Give every machine the same --scripts/--env-ids/--seeds/--tag so that the N shards partition the same
+  list; the only coordination is the shared --runs-dir. Do not run two runners on the same shard at once.
+
+progress: on a terminal one status line is redrawn in place; otherwise a status line is printed every
+--status-every seconds. Starts, finishes and failures are always printed, one line each.
+"""
+
+
+@dataclass(frozen=True, order=True)
+class Combination:
+    script_name: str
+    env_id: str
+    seed: int
+    exp_name: str
+    script: Path = field(compare=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.exp_name} {self.env_id} seed {self.seed}"
+
+    @property
+    def file_stem(self) -> str:
+        """the run directory's name without its start time, as the scripts build it"""
+        return f"{self.env_id.replace('/', '-').replace(':', '-')}__{self.exp_name}__{self.seed}"
+
+
+@dataclass
+class RunDir:
+    path: Path
+    args: dict
+    summary: Optional[dict]
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None and self.summary.get("status") != "interrupted"
+
+    @property
+    def started_at(self) -> float:
+        match = re.search(r"__(\d+)_*$", self.path.name)
+        return float(match.group(1)) if match else self.path.stat().st_mtime
+
+
+class UsageError(Exception):
+    """A command line the runner cannot carry out; reported as one line, exit status 2."""
+
+
+def parse_shard(text: Optional[str]) -> tuple[int, int]:
+    """'2/3' -> (2, 3); None -> (1, 1)."""
+    if text is None:
+        return 1, 1
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise UsageError(f"--shard must be I/N with 1 <= I <= N, e.g. --shard 1/3 (got {text!r})")
+    return int(match.group(1)), int(match.group(2))
+
+
+def shard(combinations: list[Combination], index: int, count: int) -> list[Combination]:
+    """The index-th (1-based) of count disjoint shards: every count-th combination of the list sorted by (script, env,
+    seed), so that the seeds of one env, which cost about the same, spread over the shards; in the order to run them
+    (seed first, so that a first complete seed comes early)."""
+    return sorted(sorted(combinations)[index - 1::count], key=execution_order)
+
+
+def execution_order(combination: Combination) -> tuple:
+    return combination.seed, combination.script_name, combination.env_id, combination.exp_name
+
+
+def resolve_script(name: str) -> Path:
+    for candidate in [Path(name), REPO_ROOT / name]:
+        if candidate.is_file():
+            return candidate.resolve()
+    places = " and ".join(dict.fromkeys([str(Path.cwd()), str(REPO_ROOT)]))
+    raise UsageError(f"script not found: {name} (looked in {places})")
+
+
+def build_combinations(script_specs: list[str], env_ids: Optional[list[str]], seeds: list[int],
+                       tag: Optional[str]) -> list[Combination]:
+    """Expand `SCRIPT.py` (with --env-ids) and `SCRIPT.py:ENV1,ENV2` specs over the seeds, sorted, without repeats."""
+    if tag is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", tag) or "__" in tag):
+        raise UsageError(f"--tag must be letters, digits, '.', '_' or '-', without '__' (got {tag!r})")
+    combinations, stems = set(), {}
+    for spec in script_specs:
+        match = re.fullmatch(r"(.+?\.py)(?::(.*))?", spec)
+        if not match:
+            raise UsageError(f"--scripts takes SCRIPT.py or SCRIPT.py:ENV[,ENV...] (got {spec!r})")
+        script = resolve_script(match.group(1))
+        if match.group(2) is not None:
+            envs = [env for env in match.group(2).split(",") if env]
+            if not envs:
+                raise UsageError(f"{spec!r} names no env after the ':'")
+        elif env_ids:
+            envs = env_ids
+        else:
+            raise UsageError(f"no env for {spec}: give --env-ids, or write {spec}:ENV")
+        if stems.setdefault(script.stem, script) != script:
+            raise UsageError(f"{stems[script.stem]} and {script} have the same name, so their runs could not be told "
+                             "apart")
+        exp_name = script.stem + (f"-{tag}" if tag else "")
+        combinations |= {Combination(script_name=script.name, env_id=env, seed=seed, exp_name=exp_name, script=script)
+                         for env in envs for seed in seeds}
+    return sorted(combinations)
+
+
+def check_extra_args(extra_args: list[str]) -> None:
+    for token in extra_args:
+        name = token.split("=", 1)[0]
+        if name in RESERVED_FLAGS:
+            raise UsageError(f"{name} after -- is set by the runner for each run; use the runner's own flags "
+                             "(--env-ids, --seeds, --runs-dir, --tag)")
+
+
+def requested_settings(extra_args: list[str]) -> dict[str, list[str]]:
+    """`--name v1 v2 --flag --other=v` -> {'name': ['v1', 'v2'], 'flag': [], 'other': ['v']}."""
+    settings: dict[str, list[str]] = {}
+    open_name = None  # the flag that the next plain tokens are values of
+    for token in extra_args:
+        if token.startswith("--") and "=" in token:
+            name, value = token[2:].split("=", 1)
+            settings[name], open_name = [value], None
+        elif token.startswith("--"):
+            open_name = token[2:]
+            settings[open_name] = []
+        elif open_name is not None:
+            settings[open_name].append(token)
+    return settings
+
+
+def same_value(saved, given: list[str]) -> bool:
+    """Whether a command-line value means the value saved in args.json (numbers compared as numbers)."""
+    if isinstance(saved, (list, tuple)):
+        return len(saved) == len(given) and all(same_value(s, [g]) for s, g in zip(saved, given))
+    if len(given) != 1:
+        return False
+    if saved is None:
+        return given[0] == "None"
+    if isinstance(saved, bool):
+        return given[0].lower() in (("true", "1", "yes") if saved else ("false", "0", "no"))
+    if isinstance(saved, (int, float)):
+        try:
+            return abs(float(given[0]) - float(saved)) <= 1e-9 * max(1.0, abs(float(saved)))
+        except ValueError:
+            return False
+    return str(saved) == given[0]
+
+
+def setting_conflicts(extra_args: list[str], saved_args: dict) -> list[str]:
+    """Flags after -- whose value differs from the one a run was made with (flags args.json lacks are not checked)."""
+    conflicts = []
+    for name, values in requested_settings(extra_args).items():
+        key = name.replace("-", "_")
+        if key in saved_args:
+            ok = same_value(saved_args[key], values) if values else saved_args[key] is True
+        elif name.startswith("no-") and key[3:] in saved_args and not values:
+            key, ok = key[3:], saved_args[key[3:]] is False
+        else:
+            continue
+        if not ok:
+            conflicts.append(f"--{name} {' '.join(values)}".rstrip() + f" (the run has {key}={saved_args[key]!r})")
+    return conflicts
+
+
+def read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def scan_runs(runs_dir: Path) -> dict[tuple[str, str, int], list[RunDir]]:
+    """Run directories directly under runs_dir, by (env_id, exp_name, seed), oldest first."""
+    runs: dict[tuple[str, str, int], list[RunDir]] = {}
+    if not runs_dir.is_dir():
+        return runs
+    for path in runs_dir.iterdir():
+        if not path.is_dir() or path.name.startswith("_"):
+            continue
+        args = read_json(path / "args.json")
+        if not args or not {"env_id", "exp_name", "seed"} <= args.keys():
+            continue
+        run = RunDir(path, args, read_json(path / "summary.json"))
+        runs.setdefault((args["env_id"], args["exp_name"], int(args["seed"])), []).append(run)
+    for found in runs.values():
+        found.sort(key=lambda run: (run.started_at, run.path.name))
+    return runs
+
+
+@dataclass
+class Job:
+    combination: Combination
+    action: str  # "skip", "run", "resume" or "restart"
+    finished_run: Optional[RunDir] = None
+    resume_from: Optional[Path] = None
+    unfinished: list[RunDir] = field(default_factory=list)
+    process: Optional[subprocess.Popen] = None
+    started: float = 0.0
+    run_dir: Optional[Path] = None
+    known_dirs: set = field(default_factory=set)
+    total_timesteps: Optional[int] = None
+
+
+def plan(combinations: list[Combination], runs_dir: Path, extra_args: list[str], unfinished_policy: str) -> list[Job]:
+    runs = scan_runs(runs_dir)
+    jobs, conflicts = [], []
+    for combination in combinations:
+        found = runs.get((combination.env_id, combination.exp_name, combination.seed), [])
+        finished = [run for run in found if run.finished]
+        unfinished = [run for run in found if not run.finished]
+        if finished:
+            problems = setting_conflicts(extra_args, finished[-1].args)
+            if problems:
+                conflicts.append(f"  {finished[-1].path}: " + "; ".join(problems))
+            jobs.append(Job(combination, "skip", finished_run=finished[-1]))
+            continue
+        resumable = [run for run in unfinished if (run.path / "checkpoint.pt").is_file()]
+        if unfinished_policy == "resume" and resumable:
+            jobs.append(Job(combination, "resume", resume_from=resumable[-1].path / "checkpoint.pt"))
+        elif unfinished:
+            jobs.append(Job(combination, "restart", unfinished=unfinished))
+        else:
+            jobs.append(Job(combination, "run"))
+    if conflicts:
+        raise UsageError("finished runs were made with other settings than the flags after -- ask for:\n"
+                         + "\n".join(conflicts) + "\nuse --tag NAME (or another --runs-dir) to run this variant "
+                         "beside them, or delete those run directories to redo them")
+    return jobs
+
+
+def command(job: Job, runs_dir: Path, extra_args: list[str]) -> list[str]:
+    combination = job.combination
+    resume = ["--resume", str(job.resume_from)] if job.resume_from else []
+    return [sys.executable, str(combination.script), "--env-id", combination.env_id, "--seed", str(combination.seed),
+            "--runs-dir", str(runs_dir), "--exp-name", combination.exp_name, *resume, *extra_args]
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def last_global_step(metrics: Path) -> Optional[int]:
+    """global_step of the last complete row of a metrics.csv being written, read from its tail only."""
+    try:
+        with open(metrics, "rb") as file:
+            file.seek(max(0, file.seek(0, os.SEEK_END) - 4096))
+            tail = file.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = tail.splitlines() if tail.endswith("\n") else tail.splitlines()[:-1]  # the last may be half written
+    for line in reversed(lines):
+        head = line.split(",", 1)[0]
+        if head.isdigit():
+            return int(head)
+    return None
+
+
+def progress(job: Job, runs_dir: Path) -> str:
+    """'37%' (or a step count) of a running job, from its run directory's args.json and metrics.csv."""
+    if job.run_dir is None:
+        prefix = job.combination.file_stem + "__"
+        new = [path for path in runs_dir.glob(prefix + "*") if path.name not in job.known_dirs]
+        if new:
+            job.run_dir = max(new, key=lambda path: path.stat().st_mtime)
+    if job.run_dir is None:
+        return "starting"
+    if job.total_timesteps is None:
+        job.total_timesteps = (read_json(job.run_dir / "args.json") or {}).get("total_timesteps")
+    step = last_global_step(job.run_dir / "metrics.csv")
+    if step is None:
+        return "starting"
+    if job.total_timesteps:
+        return f"{100 * step / job.total_timesteps:.0f}%"
+    return f"{step:,} steps"
+
+
+class Display:
+    """Event lines (start, done, failed) plus one status line: redrawn in place on a terminal, periodic otherwise."""
+
+    def __init__(self, status_every: float):
+        self.interactive = sys.stdout.isatty()
+        self.status_every = status_every
+        self.start = time.monotonic()
+        self.last_status = 0.0
+        self.status_shown = False
+
+    def clock(self) -> str:
+        return f"[{format_duration(time.monotonic() - self.start)}]"
+
+    def event(self, text: str) -> None:
+        if self.status_shown:
+            sys.stdout.write("\r\x1b[K")
+            self.status_shown = False
+        print(f"{self.clock()} {text}", flush=True)
+
+    def status(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.interactive:
+            width = shutil.get_terminal_size((120, 20)).columns - 1
+            sys.stdout.write("\r\x1b[K" + f"{self.clock()} {text}"[:width])
+            sys.stdout.flush()
+            self.status_shown = True
+        elif force or now - self.last_status >= self.status_every:
+            self.last_status = now
+            print(f"{self.clock()} {text}", flush=True)
+
+    def close(self) -> None:
+        if self.status_shown:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+def move_aside(run: RunDir, runs_dir: Path) -> Path:
+    target_dir = runs_dir / "_unfinished"
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / run.path.name
+    while target.exists():
+        target = target.with_name(target.name + "_")
+    run.path.rename(target)
+    return target
+
+
+def start(job: Job, runs_dir: Path, logs_dir: Path, extra_args: list[str], threads: int) -> None:
+    for run in job.unfinished:
+        move_aside(run, runs_dir)
+    job.known_dirs = {path.name for path in runs_dir.iterdir()} if runs_dir.is_dir() else set()
+    if job.resume_from is not None:
+        job.run_dir = job.resume_from.parent
+    argv = command(job, runs_dir, extra_args)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                   "OPENBLAS_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.action}: {' '.join(argv)}\n"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    stdout = open(logs_dir / f"{job.combination.file_stem}.stdout.log", "a")
+    stderr = open(logs_dir / f"{job.combination.file_stem}.stderr.log", "a")
+    for log in (stdout, stderr):
+        log.write(header)
+        log.flush()
+    try:
+        job.process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=environment,
+                                       start_new_session=True)
+    finally:
+        stdout.close()
+        stderr.close()
+    job.started = time.monotonic()
+
+
+def last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines and not lines[-1].startswith("=== ") else ""
+
+
+def outcome(job: Job, runs_dir: Path, logs_dir: Path) -> tuple[bool, str]:
+    """(succeeded, one line saying how) for a job whose process has exited."""
+    code = job.process.returncode
+    candidates = [job.run_dir] if job.run_dir else []
+    candidates += [run.path for run in scan_runs(runs_dir).get(
+        (job.combination.env_id, job.combination.exp_name, job.combination.seed), [])][::-1]
+    summaries = [read_json(path / "summary.json") or {} for path in candidates]
+    summary = next((summary for summary in summaries if summary.get("status") not in (None, "interrupted")), None)
+    stderr_log = logs_dir / f"{job.combination.file_stem}.stderr.log"
+    if code == 0 and summary is not None:
+        result = summary.get("eval_mean")
+        result = f"final eval {result:.2f} ± {summary.get('eval_std') or 0:.2f}" if result is not None else "no eval"
+        return True, f"{result}, {summary.get('global_step', 0):,} steps -> {summary.get('run_dir', '')}"
+    if code == 0:
+        why = "exited 0 without writing a finished summary.json (interrupted?)"
+    elif code < 0:
+        why = f"killed by signal {-code}"
+    else:
+        why = f"exit status {code}"
+    detail = last_line(stderr_log)
+    return False, f"{why}; see {stderr_log}" + (f": {detail}" if detail else "")
+
+
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/run.py", description=__doc__.split("\n\n")[0],
+        usage="%(prog)s --scripts SCRIPT.py[:ENV,...] ... [--env-ids ENV ...] --seeds N ... [options] "
+              "[-- ARGS FOR EVERY RUN]",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scripts", nargs="+", required=True, metavar="SCRIPT.py[:ENV,...]",
+                        help="scripts to run (relative to here or to the repository root), each optionally with its "
+                             "own comma-separated envs")
+    parser.add_argument("--env-ids", nargs="+", metavar="ENV",
+                        help="envs for every script given without its own list")
+    parser.add_argument("--seeds", nargs="+", type=int, required=True, metavar="N", help="seeds to run")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time (default: 1)")
+    parser.add_argument("--runs-dir", default=str(REPO_ROOT / "benchmarks" / "runs"),
+                        help="folder the runs write to, shared between shards (default: benchmarks/runs)")
+    parser.add_argument("--tag", help="run a variant beside the baseline: exp name STEM-TAG instead of STEM")
+    parser.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the combinations")
+    parser.add_argument("--unfinished", choices=["resume", "restart"], default="resume",
+                        help="what to do with a combination's unfinished run directory (default: resume)")
+    parser.add_argument("--threads-per-run", type=int, default=1,
+                        help="OMP/MKL/OpenBLAS threads per run (default: 1)")
+    parser.add_argument("--status-every", type=float, default=60.0,
+                        help="seconds between status lines when the output is not a terminal (default: 60)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would run, and run nothing")
+    args = parser.parse_args(own)
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1 (got {args.workers})")
+    if args.threads_per_run < 1:
+        parser.error(f"--threads-per-run must be >= 1 (got {args.threads_per_run})")
+    return args, extra
+
+
+def main(argv: list[str]) -> int:
+    args, extra_args = parse_args(argv)
+    try:
+        shard_index, shard_count = parse_shard(args.shard)
+        check_extra_args(extra_args)
+        all_combinations = build_combinations(args.scripts, args.env_ids, sorted(set(args.seeds)), args.tag)
+        combinations = shard(all_combinations, shard_index, shard_count)
+        runs_dir = Path(args.runs_dir).resolve()
+        jobs = plan(combinations, runs_dir, extra_args, args.unfinished)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logs_dir = runs_dir / "_logs"
+    todo = [job for job in jobs if job.action != "skip"]
+    counts = {action: sum(job.action == action for job in jobs) for action in ["skip", "run", "resume", "restart"]}
+    shard_text = f", shard {shard_index}/{shard_count}: {len(combinations)}" if shard_count > 1 else ""
+    print(f"{len(all_combinations)} combinations{shard_text}; {counts['skip']} finished already, {counts['run']} to "
+          f"run, {counts['resume']} to resume, {counts['restart']} to restart; {args.workers} at a time; "
+          f"runs in {runs_dir}, logs in {logs_dir}", flush=True)
+    if args.dry_run:
+        for job in jobs:
+            where = job.finished_run.path if job.finished_run else job.resume_from or ""
+            print(f"{job.action:8s} {job.combination.label}  {where}")
+            if job.action != "skip":
+                print("         " + " ".join(command(job, runs_dir, extra_args)))
+        return 0
+    if not todo:
+        return 0
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    display = Display(args.status_every)
+    waiting, running, succeeded, failed = list(todo), [], [], []
+    # the runs have their own sessions, so a Ctrl-C in the terminal reaches only this process, which passes exactly
+    # one SIGINT on to each run (a second one could cut short the checkpoint the run saves when interrupted)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # e.g. a batch system ending the job
+    try:
+        while waiting or running:
+            while waiting and len(running) < args.workers:
+                job = waiting.pop(0)
+                running.append(job)  # before starting it, so that an interrupt in between still finds its process
+                start(job, runs_dir, logs_dir, extra_args, args.threads_per_run)
+                verb = {"run": "started", "resume": f"resuming {job.resume_from}",
+                        "restart": f"restarting ({len(job.unfinished)} unfinished dir(s) moved to _unfinished/)"}
+                display.event(f"{verb[job.action]}: {job.combination.label}")
+            for job in [job for job in running if job.process.poll() is not None]:
+                running.remove(job)
+                ok, how = outcome(job, runs_dir, logs_dir)
+                (succeeded if ok else failed).append(job)
+                took = format_duration(time.monotonic() - job.started)
+                display.event(f"{'done' if ok else 'FAILED'} ({took}): {job.combination.label}: {how}")
+            parts = [f"{len(succeeded)}/{len(todo)} done", f"{len(failed)} failed"]
+            if running:
+                parts.append("running: " + ", ".join(f"{job.combination.label} {progress(job, runs_dir)}"
+                                                     for job in running))
+            if waiting:
+                parts.append(f"{len(waiting)} waiting")
+            display.status("  ".join(parts))
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        display.close()
+        print(f"\ninterrupted: {len(running)} run(s) are saving a checkpoint and stopping (Ctrl-C again: stop "
+              "waiting); run the same command again to continue", file=sys.stderr, flush=True)
+        running = [job for job in running if job.process is not None]
+        for job in running:
+            job.process.send_signal(signal.SIGINT)
+        try:
+            for job in running:
+                job.process.wait(timeout=120)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            pass
+        for job in running:
+            state = "still running" if job.process.poll() is None else f"exit status {job.process.returncode}"
+            resumable = job.run_dir is not None and (job.run_dir / "checkpoint.pt").is_file()
+            then = "has a checkpoint.pt to resume from" if resumable else "no checkpoint.pt: will start again"
+            print(f"  interrupted: {job.combination.label} ({state}; {then})", file=sys.stderr)
+        return 130
+    display.close()
+    print(f"{len(succeeded)} run(s) finished, {len(failed)} failed, {counts['skip']} skipped as finished already")
+    for job in failed:
+        print(f"  failed: {job.combination.label}: {outcome(job, runs_dir, logs_dir)[1]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
