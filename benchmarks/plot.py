@@ -1,0 +1,423 @@
+"""Learning curves and a results table from the runs of a benchmark (see benchmarks/run.py).
+
+    python benchmarks/plot.py                                   # benchmarks/runs -> benchmarks/runs/benchmark.{png,svg,md}
+    python benchmarks/plot.py --runs-dir benchmarks/runs --out-dir docs/benchmarks --band minmax --smooth 20
+
+Reads every run directory under --runs-dir (args.json, metrics.csv, summary.json). One column per env; the top row
+draws episodic return against env steps, the bottom row against wall time since the run started. Each script (each
+exp name) is one line: the mean over its seeds of each seed's smoothed curve, with a shaded band (the standard
+deviation over seeds, or their min-max with --band minmax). Smoothing: each point is the mean of the last --smooth
+episodes of that seed. Published reference values are drawn as labelled horizontal lines (sources: REFERENCES).
+
+The table gives, per script and env, the final evaluation return: each seed's summary.json `eval_mean` (the mean of
+its final greedy evaluation), as the mean ± standard deviation over seeds, with the number of seeds, env steps and
+wall time per run. Only finished runs count (summary.json with a status other than "interrupted"); with
+--include-unfinished, runs still going or interrupted are drawn and tabulated too, marked "partial", their
+"final" value being the last evaluation in their metrics.csv.
+"""
+
+import argparse
+import csv
+import json
+import re
+import sys
+import textwrap
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Reference:
+    value: float
+    std: Optional[float]
+    label: str
+    source: str
+
+
+GYMNASIUM = "gymnasium 1.4.0 env spec `reward_threshold` (the return at which the env counts as solved)"
+CLEANRL = "CleanRL DQN docs, https://docs.cleanrl.dev/rl-algorithms/dqn/ (mean ± std over seeds)"
+ZOO = ("rl-baselines3-zoo benchmark.md, https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md "
+       "(one trained agent; ± is the std over its evaluation episodes, not over seeds)")
+MNIH = ("Mnih et al. 2015, Nature 518, Extended Data Table 2, 50M steps (200M frames), as quoted in the CleanRL "
+        "DQN docs; their evaluation protocol (up to 30 no-op starts, epsilon 0.05) differs from ours")
+
+# Published figures only; an env missing here gets no reference line. Keyed by the exact env id: the Atari figures
+# were measured on the NoFrameskip-v4 games, not on ALE/*-v5 (sticky actions, frame skip 4 built in).
+REFERENCES: dict[str, list[Reference]] = {
+    "CartPole-v1": [Reference(475, None, "solved threshold", GYMNASIUM),
+                    Reference(488.69, 16.11, "CleanRL dqn.py, 500k steps", CLEANRL),
+                    Reference(500.0, 0.0, "SB3 zoo DQN, 50k steps", ZOO)],
+    "Acrobot-v1": [Reference(-100, None, "solved threshold", GYMNASIUM),
+                   Reference(-91.54, 7.20, "CleanRL dqn.py, 500k steps", CLEANRL),
+                   Reference(-76.639, 11.752, "SB3 zoo DQN, 100k steps", ZOO)],
+    "MountainCar-v0": [Reference(-110, None, "solved threshold", GYMNASIUM),
+                       Reference(-194.95, 8.48, "CleanRL dqn.py, 500k steps", CLEANRL),
+                       Reference(-100.849, 9.925, "SB3 zoo DQN, 120k steps", ZOO)],
+    "LunarLander-v3": [Reference(200, None, "solved threshold", GYMNASIUM),
+                       Reference(154.382, 79.241, "SB3 zoo DQN on LunarLander-v2, 100k steps", ZOO)],
+    "PongNoFrameskip-v4": [Reference(20.25, 0.41, "CleanRL dqn_atari.py, 10M steps", CLEANRL),
+                           Reference(20.602, 0.613, "SB3 zoo DQN, 10M steps", ZOO),
+                           Reference(18.9, 1.3, "Mnih et al. 2015, 50M steps", MNIH)],
+    "BreakoutNoFrameskip-v4": [Reference(366.928, 39.89, "CleanRL dqn_atari.py, 10M steps", CLEANRL),
+                               Reference(358.327, 61.981, "SB3 zoo DQN, 10M steps", ZOO),
+                               Reference(401.2, 26.9, "Mnih et al. 2015, 50M steps", MNIH)],
+    "BeamRiderNoFrameskip-v4": [Reference(6673.24, 1434.37, "CleanRL dqn_atari.py, 10M steps", CLEANRL),
+                                Reference(4295.946, 1790.458, "SB3 zoo DQN, 10M steps", ZOO),
+                                Reference(6846, 1619, "Mnih et al. 2015, 50M steps", MNIH)],
+    "AsteroidsNoFrameskip-v4": [Reference(782.687, 259.247, "SB3 zoo DQN, 10M steps", ZOO)],
+    "EnduroNoFrameskip-v4": [Reference(830.929, 194.544, "SB3 zoo DQN, 10M steps", ZOO)],
+    "QbertNoFrameskip-v4": [Reference(9496.774, 5399.633, "SB3 zoo DQN, 10M steps", ZOO)],
+    "RoadRunnerNoFrameskip-v4": [Reference(40396.350, 7069.131, "SB3 zoo DQN, 10M steps", ZOO)],
+    "SeaquestNoFrameskip-v4": [Reference(2000.290, 606.644, "SB3 zoo DQN, 10M steps", ZOO)],
+    "SpaceInvadersNoFrameskip-v4": [Reference(622.742, 201.564, "SB3 zoo DQN, 10M steps", ZOO)],
+}
+
+
+@dataclass
+class Run:
+    path: Path
+    args: dict
+    summary: Optional[dict]
+    start_time: float
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N, 3] rows (global_step, wall_time, value)
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None and self.summary.get("status") != "interrupted"
+
+    @property
+    def script(self) -> str:
+        return (self.summary or {}).get("script") or self.args["exp_name"]
+
+
+@dataclass
+class Group:
+    """The runs of one exp name on one env, one per seed."""
+    exp_name: str
+    env_id: str
+    runs: list[Run]
+
+    @property
+    def partial(self) -> bool:
+        return not all(run.finished for run in self.runs)
+
+    def differing_settings(self) -> list[str]:
+        """args.json fields that differ between the seeds, other than those that do not change the results."""
+        ignored = {"seed", "runs_dir", "resume", "eval_checkpoint", "track", "wandb_project_name", "wandb_entity",
+                   "capture_video", "save_model", "cuda"}
+        keys = sorted(set().union(*(run.args.keys() for run in self.runs)) - ignored)
+        return [key for key in keys if len({json.dumps(run.args.get(key)) for run in self.runs}) > 1]
+
+    @property
+    def label(self) -> str:
+        script = self.runs[0].script
+        name = f"{script}.py" if self.exp_name == script else f"{script}.py ({self.exp_name})"
+        return name + (" [partial]" if self.partial else "")
+
+
+def read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_metrics(path: Path) -> dict[str, np.ndarray]:
+    rows: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    with open(path, newline="") as file:
+        for row in csv.reader(file):
+            if len(row) != 4 or row[0] == "global_step":
+                continue  # the header, or a last row cut short by a crash
+            try:
+                rows[row[2]].append((float(row[0]), float(row[1]), float(row[3])))
+            except ValueError:
+                continue
+    return {name: np.array(values) for name, values in rows.items()}
+
+
+def load_runs(runs_dirs: list[Path]) -> list[Run]:
+    """Every directory below runs_dirs with an args.json and a metrics.csv (the runner's _logs/ has neither)."""
+    runs = []
+    for runs_dir in runs_dirs:
+        for args_path in sorted(runs_dir.rglob("args.json")):
+            path = args_path.parent
+            args = read_json(args_path)
+            if not args or not {"env_id", "exp_name", "seed"} <= args.keys() or not (path / "metrics.csv").is_file():
+                continue
+            match = re.search(r"__(\d+)_*$", path.name)
+            start_time = float(match.group(1)) if match else args_path.stat().st_mtime
+            runs.append(Run(path, args, read_json(path / "summary.json"), start_time))
+    return runs
+
+
+def group_runs(runs: list[Run], include_unfinished: bool) -> list[Group]:
+    """One run per (exp name, env, seed): the newest finished one, else (with include_unfinished) the newest."""
+    by_seed: dict[tuple[str, str, int], list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.finished or include_unfinished:
+            by_seed[(run.args["exp_name"], run.args["env_id"], int(run.args["seed"]))].append(run)
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for (exp_name, env_id, seed), found in sorted(by_seed.items()):
+        found.sort(key=lambda run: (run.finished, run.start_time))
+        if len(found) > 1:
+            print(f"note: {len(found)} runs of {exp_name} {env_id} seed {seed}; using {found[-1].path}",
+                  file=sys.stderr)
+        groups[(exp_name, env_id)].append(found[-1])
+    for group_runs_ in groups.values():
+        for run in group_runs_:
+            run.metrics = read_metrics(run.path / "metrics.csv")
+    return [Group(exp_name, env_id, found) for (exp_name, env_id), found in groups.items()]
+
+
+def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last `window` values at each position (fewer at the start)."""
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], band: str, points: int = 300):
+    """Seeds' (x, y) curves -> (grid, mean, low, high) up to where the shortest seed ends, None if nothing to draw."""
+    curves = [(x, y) for x, y in curves if len(x) > 0]
+    if not curves:
+        return None
+    end = min(x[-1] for x, _ in curves)
+    start = min(x[0] for x, _ in curves)
+    if end <= start:
+        return None
+    grid = np.linspace(start, end, points)
+    stacked = np.array([np.interp(grid, x, y, left=np.nan, right=np.nan) for x, y in curves])  # [seeds, points]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # grid points before a seed's first episode: NaN
+        mean = np.nanmean(stacked, axis=0)
+        if band == "std":
+            spread = np.nanstd(stacked, axis=0)
+            low, high = mean - spread, mean + spread
+        else:
+            low, high = np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0)
+    return grid, mean, low, high
+
+
+def seed_curves(group: Group, metric: str, smooth: int, axis: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    curves = []
+    for run in group.runs:
+        rows = run.metrics.get(metric)
+        if rows is None or len(rows) == 0:
+            continue
+        rows = rows[np.argsort(rows[:, 0], kind="stable")]
+        x = rows[:, 0] if axis == "steps" else rows[:, 1] - run.start_time
+        order = np.argsort(x, kind="stable")
+        curves.append((x[order], trailing_mean(rows[order, 2], smooth)))
+    return curves
+
+
+def time_unit(seconds: float) -> tuple[str, float]:
+    if seconds < 300:
+        return "s", 1.0
+    if seconds < 3 * 3600:
+        return "min", 60.0
+    return "h", 3600.0
+
+
+def format_value(value: float) -> str:
+    return f"{value:,.2f}" if abs(value) < 1e4 else f"{value:,.0f}"
+
+
+def reference_text(reference: Reference) -> str:
+    spread = f" ± {format_value(reference.std)}" if reference.std is not None else ""
+    return f"{format_value(reference.value)}{spread} {reference.label}"
+
+
+def plot(groups: list[Group], envs: list[str], metric: str, smooth: int, band: str, out_base: Path) -> list[Path]:
+    exp_names = sorted({group.exp_name for group in groups})
+    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(exp_names)}
+    columns = len(envs)
+    width = max(5.2 * columns + 0.8, 8.0)
+    figure = plt.figure(figsize=(width, 10.0))
+    # rows: curves against steps, curves against wall time, and under each column the legend of its references
+    grid_spec = figure.add_gridspec(3, columns, height_ratios=[1, 1, 0.28], hspace=0.42, wspace=0.25,
+                                    left=0.8 / width, right=1 - 0.25 / width, top=0.86, bottom=0.02)
+    reference_styles = ["--", ":", "-."]
+    for column, env_id in enumerate(envs):
+        env_groups = [group for group in groups if group.env_id == env_id]
+        for row, axis in enumerate(["steps", "wall"]):
+            ax = figure.add_subplot(grid_spec[row, column])
+            drawn = [(group, aggregate(seed_curves(group, metric, smooth, axis), band)) for group in env_groups]
+            drawn = [(group, curve) for group, curve in drawn if curve is not None]
+            unit, divisor = "", 1.0
+            if axis == "wall":
+                unit, divisor = time_unit(max((curve[0][-1] for _, curve in drawn), default=0.0))
+            for group, (grid, mean, low, high) in drawn:
+                x = grid / divisor
+                ax.plot(x, mean, color=colors[group.exp_name], linewidth=1.6,
+                        linestyle="--" if group.partial else "-")
+                ax.fill_between(x, low, high, color=colors[group.exp_name], alpha=0.2, linewidth=0)
+            for style, reference in zip(reference_styles, REFERENCES.get(env_id, [])):
+                ax.axhline(reference.value, color="0.3", linestyle=style, linewidth=1.0,
+                           label=reference_text(reference))
+            if not drawn:
+                ax.text(0.5, 0.5, f"no {metric} logged", transform=ax.transAxes, ha="center", va="center",
+                        color="0.5")
+            if axis == "steps":
+                ax.set_title(env_id, fontsize=12, fontweight="bold")
+                ax.set_xlabel("env steps")
+                ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            else:
+                ax.set_xlabel(f"wall time since the run started ({unit})")
+            if column == 0:
+                ax.set_ylabel("episodic return" if metric.endswith("episodic_return") else metric)
+            ax.grid(alpha=0.3)
+            ax.set_xlim(left=0)
+        legend_ax = figure.add_subplot(grid_spec[2, column])
+        legend_ax.axis("off")
+        handles = [plt.Line2D([], [], color="0.3", linestyle=style, linewidth=1.0, label=reference_text(reference))
+                   for style, reference in zip(reference_styles, REFERENCES.get(env_id, []))]
+        if handles:
+            legend_ax.legend(handles=handles, loc="upper center", fontsize=8.5, title=f"published, {env_id}",
+                             title_fontsize=8.5, frameon=False)
+    handles = []
+    for name in exp_names:
+        named = [group for group in groups if group.exp_name == name]
+        seeds = sorted({len(group.runs) for group in named})
+        seeds_text = "/".join(map(str, seeds)) + (" seed" if seeds == [1] else " seeds")
+        handles.append(plt.Line2D([], [], color=colors[name], linewidth=2,
+                                  linestyle="--" if named[0].partial else "-",
+                                  label=f"{named[0].label} ({seeds_text})"))
+    band_text = "±1 std over seeds" if band == "std" else "min to max over seeds"
+    what = {"charts/episodic_return": "Return of training episodes (ε-greedy)",
+            "eval/episodic_return": "Evaluation return (mean of each evaluation)"}.get(metric, metric)
+    unit_text = "episodes" if metric == "charts/episodic_return" else "values"
+    title = (f"{what}. Line: mean over seeds; band: {band_text}; "
+             f"each seed smoothed as the mean of its last {smooth} {unit_text}.")
+    figure.suptitle(textwrap.fill(title, width=int(width * 11)), fontsize=11, y=0.985)
+    figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.945), ncol=min(len(handles), 4),
+                  fontsize=10, frameon=False)
+    out_base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_base.with_suffix(".png"), out_base.with_suffix(".svg")]
+    figure.savefig(paths[0], dpi=130)
+    figure.savefig(paths[1])
+    plt.close(figure)
+    return paths
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def final_values(run: Run) -> tuple[Optional[float], int, float]:
+    """(final evaluation mean, env steps, wall time in s) of a run: its summary's, or for an unfinished run the last
+    evaluation and the last row in its metrics.csv."""
+    if run.finished:
+        return run.summary["eval_mean"], int(run.summary["global_step"]), float(run.summary["wall_time_s"])
+    evals = run.metrics.get("eval/episodic_return")
+    last = max((rows[-1, :2] for rows in run.metrics.values() if len(rows)), key=lambda r: r[0], default=None)
+    steps = int(last[0]) if last is not None else 0
+    wall = float(last[1] - run.start_time) if last is not None else 0.0
+    return (float(evals[-1, 2]) if evals is not None and len(evals) else None), steps, wall
+
+
+def table(groups: list[Group], envs: list[str]) -> str:
+    lines = ["| script | env | seeds | final eval return (mean ± std over seeds) | per seed | env steps | "
+             "wall time per run | published |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: | --- |"]
+    resumed = False
+    for env_id in envs:
+        for group in sorted((g for g in groups if g.env_id == env_id), key=lambda g: g.exp_name):
+            values = [(run, *final_values(run)) for run in sorted(group.runs, key=lambda r: int(r.args["seed"]))]
+            evals = [value for _, value, _, _ in values if value is not None]
+            result = f"{np.mean(evals):.2f} ± {np.std(evals):.2f}" if evals else "-"
+            per_seed = ", ".join(f"s{run.args['seed']}: " + (f"{value:.2f}" if value is not None else "-")
+                                 for run, value, _, _ in values)
+            steps = sorted({steps for _, _, steps, _ in values})
+            steps_text = f"{steps[0]:,}" if len(steps) == 1 else f"{steps[0]:,}–{steps[-1]:,}"
+            wall = format_seconds(float(np.mean([wall for _, _, _, wall in values])))
+            if any(run.args.get("resume") for run, *_ in values):
+                resumed, wall = True, wall + " †"
+            published = "; ".join(reference_text(reference) for reference in REFERENCES.get(env_id, []))
+            lines.append(f"| {group.label} | {env_id} | {len(values)} | {result} | {per_seed} | {steps_text} | "
+                         f"{wall} | {published or '-'} |")
+    notes = ["", "Final eval return: each seed's `eval_mean` in summary.json, the mean return of the final greedy "
+             "evaluation; ± is the standard deviation over seeds (numpy `std`, ddof=0). Wall time: mean over seeds "
+             "of `wall_time_s`, each run on one CPU thread, several at a time."]
+    if any(group.partial for group in groups):
+        notes.append("[partial]: at least one seed has not finished; its value is the last evaluation logged in "
+                     "metrics.csv, at the step count shown.")
+    for group in groups:
+        if group.differing_settings():
+            notes.append(f"Warning: the seeds of {group.label} on {group.env_id} were run with different settings: "
+                         + ", ".join(group.differing_settings()) + " (see their args.json).")
+    if resumed:
+        notes.append("†: at least one seed was resumed from a checkpoint; summary.json's wall time counts only the "
+                     "part after the last resume.")
+    sources = sorted({reference.source for env_id in envs for reference in REFERENCES.get(env_id, [])})
+    if sources:
+        notes.append("Published values: " + " ".join(f"({i}) {source}." for i, source in enumerate(sources, 1)))
+    return "\n".join(lines + notes) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/plot.py", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-dir", nargs="+", default=[str(REPO_ROOT / "benchmarks" / "runs")],
+                        help="folders holding the run directories, searched recursively (default: benchmarks/runs)")
+    parser.add_argument("--out-dir", help="where to write NAME.png, NAME.svg and NAME.md (default: the first "
+                                          "--runs-dir)")
+    parser.add_argument("--name", default="benchmark", help="file name of the outputs (default: benchmark)")
+    parser.add_argument("--envs", nargs="+", help="envs to show, in this order (default: all, sorted)")
+    parser.add_argument("--exp-names", nargs="+", help="exp names (scripts' stems by default) to show (default: all)")
+    parser.add_argument("--metric", default="charts/episodic_return",
+                        help="metric to draw (default: charts/episodic_return; also eval/episodic_return)")
+    parser.add_argument("--smooth", type=int, default=10,
+                        help="each seed's curve is the mean of its last SMOOTH values (episodes) (default: 10)")
+    parser.add_argument("--band", choices=["std", "minmax"], default="std",
+                        help="shaded band: ±1 standard deviation over seeds, or min to max (default: std)")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="also draw and tabulate runs that have not finished, marked partial")
+    args = parser.parse_args(argv)
+    if args.smooth < 1:
+        parser.error(f"--smooth must be >= 1 (got {args.smooth})")
+    runs_dirs = [Path(path) for path in args.runs_dir]
+    missing = [str(path) for path in runs_dirs if not path.is_dir()]
+    if missing:
+        print(f"error: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    groups = group_runs(load_runs(runs_dirs), args.include_unfinished)
+    if args.envs:
+        groups = [group for group in groups if group.env_id in args.envs]
+    if args.exp_names:
+        groups = [group for group in groups if group.exp_name in args.exp_names]
+    if not groups:
+        hint = "" if args.include_unfinished else " (unfinished runs are left out unless --include-unfinished)"
+        print(f"error: no runs to show under {', '.join(map(str, runs_dirs))}{hint}", file=sys.stderr)
+        return 1
+    envs = [env for env in args.envs if any(g.env_id == env for g in groups)] if args.envs else \
+        sorted({group.env_id for group in groups})
+    out_base = Path(args.out_dir or runs_dirs[0]) / args.name
+    images = plot(groups, envs, args.metric, args.smooth, args.band, out_base)
+    markdown = table(groups, envs)
+    out_base.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    print("wrote " + ", ".join(str(path) for path in [*images, out_base.with_suffix(".md")]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
