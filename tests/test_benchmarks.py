@@ -1,0 +1,259 @@
+"""Tests of the benchmark tooling: benchmarks/run.py (runner) and benchmarks/plot.py (curves and table).
+
+The runner is run for real on dqn.py with a tiny budget once per module; the other runner tests use a stand-in
+script that follows the scripts' interface in a few milliseconds, so that failures, resumes and restarts are cheap."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUNNER = REPO_ROOT / "benchmarks" / "run.py"
+PLOTTER = REPO_ROOT / "benchmarks" / "plot.py"
+TINY_DQN = ["--total-timesteps", "3000", "--learning-starts", "500", "--eval-frequency", "1500", "--eval-episodes", "2"]
+
+# Follows the scripts' interface: makes its run directory (or continues the one of --resume), writes args.json, a
+# metrics.csv and a finished summary.json. FAKE_FAIL_SEED makes that seed exit with status 3.
+FAKE_SCRIPT = textwrap.dedent('''
+    import argparse, json, os, sys, time
+    from pathlib import Path
+    parser = argparse.ArgumentParser()
+    for flag in ["--env-id", "--runs-dir", "--exp-name", "--resume"]:
+        parser.add_argument(flag)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--total-timesteps", type=int, default=100)
+    args = parser.parse_args()
+    if str(args.seed) == os.environ.get("FAKE_FAIL_SEED"):
+        sys.exit("boom: this seed fails on purpose")
+    if args.resume:
+        run_dir = Path(args.resume).parent
+    else:
+        run_dir = Path(args.runs_dir) / f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir.mkdir(parents=True)
+    (run_dir / "args.json").write_text(json.dumps(vars(args)))
+    (run_dir / "argv.json").write_text(json.dumps(sys.argv[1:]))
+    (run_dir / "metrics.csv").write_text("global_step,wall_time,name,value\\n")
+    summary = {"script": "fake", "env_id": args.env_id, "seed": args.seed, "status": "finished",
+               "global_step": args.total_timesteps, "wall_time_s": 0.1, "sps": 1000.0, "eval_mean": float(args.seed),
+               "eval_std": 0.0, "eval_returns": [float(args.seed)], "best_eval_mean": float(args.seed),
+               "run_dir": str(run_dir)}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+''')
+
+
+def load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+run_module = load_module("benchmark_runner", RUNNER)
+plot_module = load_module("benchmark_plotter", PLOTTER)
+
+
+def run_runner(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RUNNER), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def run_dirs(runs_dir: Path) -> set[str]:
+    return {path.name for path in runs_dir.iterdir() if path.is_dir() and not path.name.startswith("_")}
+
+
+@pytest.fixture(scope="module")
+def tiny_benchmark(tmp_path_factory):
+    """dqn.py on CartPole-v1, seeds 1 and 2, 3000 steps each, two at a time."""
+    runs_dir = tmp_path_factory.mktemp("benchmark") / "runs"
+    arguments = ["--scripts", "dqn.py", "--env-ids", "CartPole-v1", "--seeds", "1", "2", "--workers", "2",
+                 "--runs-dir", str(runs_dir), "--", *TINY_DQN]
+    result = run_runner(*arguments)
+    return runs_dir, arguments, result
+
+
+@pytest.fixture
+def fake_script(tmp_path) -> Path:
+    path = tmp_path / "fake.py"
+    path.write_text(FAKE_SCRIPT)
+    return path
+
+
+def test_runner_makes_one_finished_run_per_seed_with_the_extra_args(tiny_benchmark):
+    runs_dir, _, result = tiny_benchmark
+    assert result.returncode == 0, result.stdout + result.stderr
+    summaries = [json.loads((runs_dir / name / "summary.json").read_text()) for name in run_dirs(runs_dir)]
+    assert sorted(summary["seed"] for summary in summaries) == [1, 2]
+    assert all(summary["status"] == "finished" and summary["global_step"] == 3000 for summary in summaries)
+    for name in run_dirs(runs_dir):
+        args = json.loads((runs_dir / name / "args.json").read_text())
+        assert (args["env_id"], args["exp_name"], args["total_timesteps"], args["eval_episodes"]) == \
+            ("CartPole-v1", "dqn", 3000, 2)
+    for seed in [1, 2]:
+        stdout_log = runs_dir / "_logs" / f"CartPole-v1__dqn__{seed}.stdout.log"
+        assert "final evaluation" in stdout_log.read_text()
+        assert (runs_dir / "_logs" / f"CartPole-v1__dqn__{seed}.stderr.log").is_file()
+    assert "2 run(s) finished, 0 failed" in result.stdout
+
+
+def test_runner_skips_finished_runs_when_run_again(tiny_benchmark):
+    runs_dir, arguments, _ = tiny_benchmark
+    before = run_dirs(runs_dir)
+    result = run_runner(*arguments)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 finished already, 0 to run" in result.stdout
+    assert run_dirs(runs_dir) == before
+
+
+def test_plotter_writes_curves_and_a_table_matching_the_summaries(tiny_benchmark, tmp_path):
+    runs_dir, _, _ = tiny_benchmark
+    result = subprocess.run([sys.executable, str(PLOTTER), "--runs-dir", str(runs_dir), "--out-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    png = tmp_path / "benchmark.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert "<svg" in (tmp_path / "benchmark.svg").read_text()[:2000]
+    markdown = (tmp_path / "benchmark.md").read_text()
+    assert markdown in result.stdout  # printed as well as written
+    row = next(line for line in markdown.splitlines() if line.startswith("| dqn.py | CartPole-v1 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    summaries = sorted((json.loads((runs_dir / name / "summary.json").read_text()) for name in run_dirs(runs_dir)),
+                       key=lambda summary: summary["seed"])
+    means = [summary["eval_mean"] for summary in summaries]
+    assert cells[2] == "2"
+    assert cells[3] == f"{np.mean(means):.2f} ± {np.std(means):.2f}"
+    assert cells[4] == ", ".join(f"s{summary['seed']}: {summary['eval_mean']:.2f}" for summary in summaries)
+    assert cells[5] == "3,000"
+    assert cells[6] == plot_module.format_seconds(np.mean([summary["wall_time_s"] for summary in summaries]))
+    assert "475.00 solved threshold" in cells[7]
+
+
+def test_shards_partition_the_combinations_whatever_the_order_given(fake_script):
+    scripts, envs, seeds = [str(fake_script), "dqn.py"], ["CartPole-v1", "Acrobot-v1", "MountainCar-v0"], [1, 2, 3]
+    everything = run_module.build_combinations(scripts, envs, seeds, None)
+    assert len(everything) == 18
+    for count in [1, 2, 4, 5, 18, 25]:
+        shards = [run_module.shard(everything, index, count) for index in range(1, count + 1)]
+        flat = [combination for part in shards for combination in part]
+        assert len(flat) == len(set(flat)) == 18 and set(flat) == set(everything)
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+        shuffled = run_module.build_combinations(scripts[::-1], envs[::-1], seeds[::-1], None)
+        assert [run_module.shard(shuffled, index, count) for index in range(1, count + 1)] == shards
+    # the seeds of one (script, env) spread over the shards rather than piling into one, so shards cost alike
+    for index in [1, 2, 3]:
+        part = run_module.shard(everything, index, 3)
+        assert sorted((c.script_name, c.env_id) for c in part) == sorted({(c.script_name, c.env_id) for c in everything})
+
+
+def test_shard_option_selects_a_disjoint_part_on_the_command_line(fake_script, tmp_path):
+    listed = []
+    for index in [1, 2]:
+        result = run_runner("--scripts", str(fake_script), "--env-ids", "A-v0", "B-v0", "--seeds", "1", "2", "3",
+                            "--runs-dir", str(tmp_path / "runs"), "--shard", f"{index}/2", "--dry-run")
+        assert result.returncode == 0, result.stderr
+        listed.append({line.split(None, 1)[1].strip() for line in result.stdout.splitlines()
+                       if line.startswith("run ")})
+    assert listed[0] and listed[1] and not listed[0] & listed[1]
+    assert len(listed[0] | listed[1]) == 6
+
+
+@pytest.mark.parametrize("shard_text", ["0/2", "3/2", "1-2", "a/b", "2"])
+def test_malformed_shard_is_a_clear_usage_error(shard_text, fake_script, tmp_path):
+    result = run_runner("--scripts", str(fake_script), "--env-ids", "A-v0", "--seeds", "1", "--shard", shard_text,
+                        "--runs-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "--shard must be I/N with 1 <= I <= N" in result.stderr and repr(shard_text) in result.stderr
+
+
+def test_missing_script_is_a_clear_usage_error(tmp_path):
+    result = run_runner("--scripts", "dqn.py", "no_such_script.py", "--env-ids", "A-v0", "--seeds", "1",
+                        "--runs-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "script not found: no_such_script.py" in result.stderr
+    assert not (tmp_path / "_logs").exists()
+
+
+def test_failed_run_is_reported_without_stopping_the_others(fake_script, tmp_path):
+    runs_dir = tmp_path / "runs"
+    result = run_runner("--scripts", f"{fake_script}:A-v0", "--seeds", "1", "2", "3", "--workers", "2",
+                        "--runs-dir", str(runs_dir), env={"FAKE_FAIL_SEED": "2"})
+    assert result.returncode == 1
+    assert re.search(r"FAILED .*fake A-v0 seed 2: exit status 1; see .*A-v0__fake__2\.stderr\.log: boom", result.stdout)
+    assert "2 run(s) finished, 1 failed" in result.stdout
+    seeds = sorted(json.loads((runs_dir / name / "summary.json").read_text())["seed"] for name in run_dirs(runs_dir))
+    assert seeds == [1, 3]
+    # once it works, only the failed seed runs again
+    result = run_runner("--scripts", f"{fake_script}:A-v0", "--seeds", "1", "2", "3", "--runs-dir", str(runs_dir))
+    assert result.returncode == 0 and "2 finished already, 1 to run" in result.stdout
+
+
+def test_unfinished_runs_are_resumed_from_a_checkpoint_or_else_restarted(fake_script, tmp_path):
+    runs_dir = tmp_path / "runs"
+    interrupted = runs_dir / "A-v0__fake__1__1000"  # Ctrl-C: interrupted summary and a checkpoint
+    crashed = runs_dir / "A-v0__fake__2__1000"  # killed before its first checkpoint: nothing but args.json
+    for path, seed in [(interrupted, 1), (crashed, 2)]:
+        path.mkdir(parents=True)
+        (path / "args.json").write_text(json.dumps({"env_id": "A-v0", "exp_name": "fake", "seed": seed}))
+    (interrupted / "checkpoint.pt").write_bytes(b"")
+    (interrupted / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    result = run_runner("--scripts", f"{fake_script}:A-v0", "--seeds", "1", "2", "--runs-dir", str(runs_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 to resume, 1 to restart" in result.stdout
+    argv = json.loads((interrupted / "argv.json").read_text())
+    assert argv[argv.index("--resume") + 1] == str(interrupted / "checkpoint.pt")
+    assert json.loads((interrupted / "summary.json").read_text())["status"] == "finished"
+    assert (runs_dir / "_unfinished" / crashed.name / "args.json").is_file() and not crashed.exists()
+    seed_2_runs = [name for name in run_dirs(runs_dir) if name.startswith("A-v0__fake__2__")]
+    assert len(seed_2_runs) == 1 and seed_2_runs[0] != crashed.name
+
+
+def test_extra_args_that_contradict_a_finished_run_are_refused(fake_script, tmp_path):
+    common = ["--scripts", f"{fake_script}:A-v0", "--seeds", "1", "--runs-dir", str(tmp_path / "runs")]
+    assert run_runner(*common, "--", "--total-timesteps", "10").returncode == 0
+    same = run_runner(*common, "--", "--total-timesteps=10.0")
+    assert same.returncode == 0 and "1 finished already" in same.stdout
+    other = run_runner(*common, "--", "--total-timesteps", "20")
+    assert other.returncode == 2
+    assert "--total-timesteps 20 (the run has total_timesteps=10)" in other.stderr
+    tagged = run_runner(*common, "--tag", "long", "--", "--total-timesteps", "20")
+    assert tagged.returncode == 0 and "0 finished already, 1 to run" in tagged.stdout
+    reserved = run_runner(*common, "--", "--seed", "5")
+    assert reserved.returncode == 2 and "--seed after -- is set by the runner" in reserved.stderr
+
+
+def write_run(runs_dir: Path, seed: int, status: str, eval_mean: float) -> None:
+    run_dir = runs_dir / f"CartPole-v1__dqn__{seed}__{1000 + seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "args.json").write_text(json.dumps({"env_id": "CartPole-v1", "exp_name": "dqn", "seed": seed}))
+    rows = ["global_step,wall_time,name,value"]
+    rows += [f"{step},{1000 + seed + step / 100},charts/episodic_return,{step / 10}" for step in range(10, 1000, 10)]
+    rows.append(f"900,{1000 + seed + 9},eval/episodic_return,{eval_mean}")
+    (run_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
+    summary = {"script": "dqn", "env_id": "CartPole-v1", "seed": seed, "status": status, "global_step": 990,
+               "wall_time_s": 10.0, "eval_mean": eval_mean if status != "interrupted" else None}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_table_leaves_out_unfinished_runs_unless_asked_and_then_marks_them(tmp_path):
+    write_run(tmp_path, 1, "finished", 100.0)
+    write_run(tmp_path, 2, "target_reached", 300.0)
+    write_run(tmp_path, 3, "interrupted", 50.0)
+    runs = plot_module.load_runs([tmp_path])
+    finished = plot_module.table(plot_module.group_runs(runs, include_unfinished=False), ["CartPole-v1"])
+    assert "| dqn.py | CartPole-v1 | 2 | 200.00 ± 100.00 | s1: 100.00, s2: 300.00 | 990 |" in finished
+    everything = plot_module.table(plot_module.group_runs(runs, include_unfinished=True), ["CartPole-v1"])
+    assert "| dqn.py [partial] | CartPole-v1 | 3 | 150.00 ± 108.01 | s1: 100.00, s2: 300.00, s3: 50.00 |" in everything
+
+
+def test_smoothing_is_a_trailing_mean_over_the_stated_window():
+    values = np.array([0.0, 10.0, 20.0, 30.0, 40.0])
+    assert plot_module.trailing_mean(values, 1).tolist() == values.tolist()
+    assert plot_module.trailing_mean(values, 3).tolist() == [0.0, 5.0, 10.0, 20.0, 30.0]
