@@ -1,6 +1,6 @@
 """Learning curves and a results table from the runs of a benchmark (see benchmarks/run.py).
 
-    python benchmarks/plot.py                                   # benchmarks/runs -> benchmarks/runs/benchmark.{png,svg,md}
+    python benchmarks/plot.py                      # benchmarks/runs -> benchmarks/runs/benchmark.{png,svg,md}
     python benchmarks/plot.py --runs-dir benchmarks/runs --out-dir docs/benchmarks --band minmax --smooth 20
 
 Reads every run directory under --runs-dir (args.json, metrics.csv, summary.json). One column per env; the top row
@@ -276,7 +276,9 @@ def plot(groups: list[Group], envs: list[str], metric: str, smooth: int, band: s
                 ax.set_xlabel("env steps")
                 ax.xaxis.set_major_formatter(EngFormatter(sep=""))
             else:
-                ax.set_xlabel(f"wall time since the run started ({unit})")
+                resumed = any(run.args.get("resume") for group, _ in drawn for run in group.runs)
+                note = "\n(with the pause of the seeds that were resumed from a checkpoint)" if resumed else ""
+                ax.set_xlabel(f"wall time since the run started ({unit}){note}")
             if column == 0:
                 ax.set_ylabel("episodic return" if metric.endswith("episodic_return") else metric)
             ax.grid(alpha=0.3)
@@ -300,8 +302,8 @@ def plot(groups: list[Group], envs: list[str], metric: str, smooth: int, band: s
     what = {"charts/episodic_return": "Return of training episodes (ε-greedy)",
             "eval/episodic_return": "Evaluation return (mean of each evaluation)"}.get(metric, metric)
     unit_text = "episodes" if metric == "charts/episodic_return" else "values"
-    title = (f"{what}. Line: mean over seeds; band: {band_text}; "
-             f"each seed smoothed as the mean of its last {smooth} {unit_text}.")
+    smoothing = f"each seed smoothed as the mean of its last {smooth} {unit_text}" if smooth > 1 else "not smoothed"
+    title = f"{what}. Line: mean over seeds; band: {band_text}; {smoothing}."
     figure.suptitle(textwrap.fill(title, width=int(width * 11)), fontsize=11, y=0.985)
     figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.945), ncol=min(len(handles), 4),
                   fontsize=10, frameon=False)

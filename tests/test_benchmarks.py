@@ -150,7 +150,8 @@ def test_shards_partition_the_combinations_whatever_the_order_given(fake_script)
     # the seeds of one (script, env) spread over the shards rather than piling into one, so shards cost alike
     for index in [1, 2, 3]:
         part = run_module.shard(everything, index, 3)
-        assert sorted((c.script_name, c.env_id) for c in part) == sorted({(c.script_name, c.env_id) for c in everything})
+        pairs = sorted((c.script_name, c.env_id) for c in part)
+        assert pairs == sorted({(c.script_name, c.env_id) for c in everything})
 
 
 def test_shard_option_selects_a_disjoint_part_on_the_command_line(fake_script, tmp_path):
