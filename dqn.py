@@ -45,6 +45,8 @@ class Args:
     """set `torch.backends.cudnn.deterministic`, so GPU runs repeat as closely as cuDNN allows"""
     cuda: bool = False
     """use the GPU when one is available (a warning and the CPU otherwise)"""
+    torch_threads: int = 1
+    """CPU threads for torch ops; 1 is fastest for small networks, 0 keeps torch's default (one per core)"""
     track: bool = False
     """log the run to Weights & Biases as well (set WANDB_MODE=offline to log locally only)"""
     wandb_project_name: str = "dqn"
@@ -75,35 +77,36 @@ class Args:
     env_id: str = "CartPole-v1"
     """gymnasium id of the environment (any registered id, or `module:Env-v0`)"""
     total_timesteps: int = 100_000
-    """env steps to train for, summed over all envs"""
-    learning_rate: float = 2.5e-4
-    """Adam learning rate"""
+    """env steps to train for, summed over all envs (our CartPole-v1 sweep; CleanRL: 500_000)"""
+    learning_rate: float = 5e-4
+    """Adam learning rate (our CartPole-v1 sweep; CleanRL: 2.5e-4)"""
     num_envs: int = 1
     """number of environments stepped together"""
-    buffer_size: int = 10_000
-    """replay buffer capacity in transitions"""
+    buffer_size: int = 50_000
+    """replay buffer capacity in transitions (our CartPole-v1 sweep; CleanRL: 10_000, rl-baselines3-zoo: 100_000)"""
     gamma: float = 0.99
     """discount factor"""
     tau: float = 1.0
     """target network update rate: 1 copies the online network (hard update), < 1 blends it in (Polyak averaging)"""
     target_network_frequency: int = 500
-    """env steps between target network updates"""
+    """env steps between target network updates (CleanRL: 500)"""
     batch_size: int = 128
-    """transitions per gradient step"""
+    """transitions per gradient step (CleanRL: 128)"""
     start_e: float = 1.0
     """exploration epsilon at the start"""
-    end_e: float = 0.05
-    """exploration epsilon at the end of the schedule"""
-    exploration_fraction: float = 0.5
-    """fraction of `total_timesteps` over which epsilon goes linearly from `start_e` to `end_e`"""
-    learning_starts: int = 10_000
-    """env steps of random play that fill the buffer before learning starts"""
-    train_frequency: int = 10
-    """env steps between training phases"""
+    end_e: float = 0.02
+    """exploration epsilon at the end of the schedule (our CartPole-v1 sweep; CleanRL: 0.05)"""
+    exploration_fraction: float = 0.2
+    """fraction of `total_timesteps` over which epsilon goes linearly from `start_e` to `end_e` (our sweep;
+    CleanRL: 0.5, rl-baselines3-zoo: 0.16)"""
+    learning_starts: int = 1_000
+    """env steps of random play that fill the buffer before learning starts (our sweep, rl-baselines3-zoo: 1_000)"""
+    train_frequency: int = 4
+    """env steps between training phases (Mnih et al. 2015: 4; CleanRL: 10)"""
     gradient_steps: int = 1
     """gradient steps per training phase"""
-    hidden_sizes: tuple[int, ...] = (120, 84)
-    """widths of the Q-network's hidden layers"""
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    """widths of the Q-network's hidden layers (our CartPole-v1 sweep; CleanRL: 120 84)"""
     loss: Literal["mse", "huber"] = "mse"
     """TD loss: mean squared error, or Huber (smooth L1 with delta 1, the paper's error clipping)"""
     max_grad_norm: Optional[float] = None
@@ -117,6 +120,8 @@ class ConfigError(ValueError):
 def check_args(args: Args) -> None:
     """Raise ConfigError naming every inconsistent setting, before any env is built or file written."""
     problems = []
+    if args.torch_threads < 0:
+        problems.append(f"--torch-threads must be >= 0 (got {args.torch_threads})")
     positive = ["total_timesteps", "num_envs", "buffer_size", "batch_size", "target_network_frequency",
                 "train_frequency", "gradient_steps", "eval_frequency", "eval_episodes"]
     problems += [f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})"
@@ -175,7 +180,8 @@ def make_env(env_id: str, video_dir: Optional[str] = None, video_prefix: str = "
     """Return a thunk building one env that reports episode returns in `info["episode"]`."""
 
     def thunk() -> gym.Env:
-        env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
+        # render_mode only when recording: a user's env may not take the argument at all
+        env = gym.make(env_id, **({"render_mode": "rgb_array"} if video_dir else {}))
         if video_dir:
             env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: episode == 0,
                                            name_prefix=video_prefix, disable_logger=True)
@@ -414,30 +420,11 @@ def main(args: Args) -> dict:
     obs_shape, n_actions = env_spaces(args.env_id)
     checkpoint = load_checkpoint(args.resume, args.env_id) if args.resume else None
     device = choose_device(args.cuda)
-
-    if checkpoint is not None:
-        run_dir = Path(args.resume).parent
-        truncate_metrics(run_dir / "metrics.csv", checkpoint["global_step"])
-    else:
-        safe_env_id = args.env_id.replace("/", "-").replace(":", "-")
-        run_dir = Path(args.runs_dir) / f"{safe_env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        while run_dir.exists():  # two runs started in the same second
-            run_dir = run_dir.with_name(run_dir.name + "_")
-        run_dir.mkdir(parents=True)
-    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
-    wandb_run = None
-    if args.track:
-        import wandb
-
-        wandb_run = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name,
-                               id=run_dir.name.replace(".", "-"), resume="allow", dir=str(run_dir),
-                               config=dataclasses.asdict(args))
-    logger = RunLogger(run_dir / "metrics.csv", wandb_run)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
 
     seed_everything(args.seed, args.torch_deterministic)
     rng = np.random.default_rng(args.seed)
-    envs = gym.vector.SyncVectorEnv([make_env(args.env_id) for _ in range(args.num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     q_network = QNetwork(obs_shape[0], n_actions, args.hidden_sizes).to(device)
     target_network = QNetwork(obs_shape[0], n_actions, args.hidden_sizes).to(device)
     target_network.load_state_dict(q_network.state_dict())
@@ -454,12 +441,37 @@ def main(args: Args) -> dict:
             raise ConfigError(f"{args.resume!r} does not fit these settings "
                               f"(different --hidden-sizes?): {error}") from None
         global_step, best_eval_mean = checkpoint["global_step"], checkpoint["best_eval_mean"]
+        if global_step >= args.total_timesteps:
+            raise ConfigError(f"{args.resume!r} is already at step {global_step:,}; "
+                              f"pass a larger --total-timesteps to train further")
         rng.bit_generator.state = checkpoint["rng"]["numpy"]
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if checkpoint.get("replay_buffer") is not None:
             replay_buffer.load_state_dict(checkpoint["replay_buffer"])
-        print(f"resuming {run_dir} at step {global_step}"
+
+    # nothing is written before this point, so a refused setting leaves no trace
+    if checkpoint is not None:
+        run_dir = Path(args.resume).parent
+        truncate_metrics(run_dir / "metrics.csv", global_step)
+        print(f"resuming {run_dir} at step {global_step:,}"
               + ("" if checkpoint.get("replay_buffer") else " with an empty replay buffer"))
+    else:
+        safe_env_id = args.env_id.replace("/", "-").replace(":", "-")
+        run_dir = Path(args.runs_dir) / f"{safe_env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        while run_dir.exists():  # two runs started in the same second
+            run_dir = run_dir.with_name(run_dir.name + "_")
+        run_dir.mkdir(parents=True)
+    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    wandb_run = None
+    if args.track:
+        import wandb
+
+        wandb_run = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name,
+                               id=run_dir.name.replace(".", "-"), resume="allow", dir=str(run_dir),
+                               config=dataclasses.asdict(args))
+    logger = RunLogger(run_dir / "metrics.csv", wandb_run)
+    envs = gym.vector.SyncVectorEnv([make_env(args.env_id) for _ in range(args.num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
     def checkpoint_state() -> dict:
         return {"script": SCRIPT, "env_id": args.env_id, "args": dataclasses.asdict(args), "global_step": global_step,
@@ -539,9 +551,9 @@ def main(args: Args) -> dict:
                 if multiples_passed(global_step, args.num_envs, args.target_network_frequency):
                     update_target(target_network, q_network, args.tau)
 
-            # evaluate, checkpoint, maybe stop
-            if multiples_passed(global_step, args.num_envs, args.eval_frequency):
-                returns = run_evaluation()
+            # evaluate, checkpoint, maybe stop; the last iteration's evaluation is the final one
+            if multiples_passed(global_step, args.num_envs, args.eval_frequency) or global_step >= args.total_timesteps:
+                returns = eval_returns = run_evaluation()
                 mean = float(np.mean(returns))
                 logger.log("eval/episodic_return", mean, global_step)
                 logger.log("eval/episodic_return_std", float(np.std(returns)), global_step)
@@ -554,7 +566,7 @@ def main(args: Args) -> dict:
                     save_checkpoint(run_dir / "checkpoint.pt", checkpoint_state())
                 best_eval_mean = max(best_eval_mean, mean)
                 if args.target_return is not None and mean >= args.target_return:
-                    status, eval_returns = "target_reached", returns
+                    status = "target_reached"
                     print(f"evaluation mean {mean:.2f} reached --target-return {args.target_return}: stopping")
                     break
 
@@ -574,20 +586,11 @@ def main(args: Args) -> dict:
 
     wall_time = time.perf_counter() - start_time
     if status == "interrupted":
+        eval_returns = None  # an evaluation of an earlier step is not this run's result
         if args.save_model:
             save_checkpoint(run_dir / "checkpoint.pt", checkpoint_state())
             print(f"saved {run_dir / 'checkpoint.pt'}; continue with: python {SCRIPT}.py --resume "
                   f"{run_dir / 'checkpoint.pt'}", file=sys.stderr)
-    else:
-        if eval_returns is None:
-            eval_returns = run_evaluation()
-            logger.log("eval/episodic_return", float(np.mean(eval_returns)), global_step)
-            logger.log("eval/episodic_return_std", float(np.std(eval_returns)), global_step)
-        if args.save_model:
-            if float(np.mean(eval_returns)) > best_eval_mean:
-                best_eval_mean = float(np.mean(eval_returns))
-                save_checkpoint(run_dir / "best.pt", checkpoint_state())
-            save_checkpoint(run_dir / "checkpoint.pt", checkpoint_state())
     summary = {"script": SCRIPT, "env_id": args.env_id, "seed": args.seed, "status": status,
                "global_step": global_step, "wall_time_s": round(wall_time, 2),
                "sps": round((global_step - start_step) / wall_time, 1),
@@ -631,3 +634,5 @@ if __name__ == "__main__":
         main(cli())
     except ConfigError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:  # during set-up, before the training loop handles it
+        sys.exit("interrupted")

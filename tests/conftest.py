@@ -1,0 +1,76 @@
+"""Shared test helpers: put the repository root on sys.path and register small, fully observable test envs."""
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# One torch thread per test process: the machine has 2 cores, and idle OpenMP threads spinning against other
+# processes make small-network training tens of times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+class StepCounterEnv(gym.Env):
+    """An env whose observation says exactly where it is: [instance id, episode index, time step, terminal flag].
+
+    Episodes terminate at random (probability `p_terminate` per step) or are truncated by the TimeLimit wrapper, so a
+    replay buffer's contents can be checked transition by transition: next_obs must be obs one step later in the same
+    episode of the same env instance, and the stored termination must equal next_obs's terminal flag."""
+
+    _instances = itertools.count()
+
+    def __init__(self, p_terminate: float = 0.15):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.instance = float(next(self._instances))
+        self.p_terminate = p_terminate
+        self.episode, self.t = -1, 0
+
+    def _obs(self, terminal: bool) -> np.ndarray:
+        return np.array([self.instance, self.episode, self.t, float(terminal)], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        return self._obs(False), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = bool(self.np_random.random() < self.p_terminate)
+        return self._obs(terminated), float(action), terminated, False, {}
+
+
+class ObservationSpaceEnv(gym.Env):
+    """A do-nothing env with a given observation space, to check which spaces a script accepts."""
+
+    def __init__(self, observation_space: gym.Space):
+        self.observation_space, self.action_space = observation_space, gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, True, False, {}
+
+
+gym.register("StepCounter-v0", entry_point=StepCounterEnv, max_episode_steps=8)
+gym.register("ImageObs-v0", entry_point=ObservationSpaceEnv, max_episode_steps=8,
+             kwargs={"observation_space": gym.spaces.Box(0, 255, shape=(84, 84, 3), dtype=np.uint8)})
+gym.register("DictObs-v0", entry_point=ObservationSpaceEnv, max_episode_steps=8,
+             kwargs={"observation_space": gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, shape=(2,))})})
+
+
+def run_script(args: list[str], cwd=None, env_extra=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run a command line (e.g. [sys.executable, "dqn.py", ...]) and capture its output."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run(args, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
