@@ -1,0 +1,319 @@
+"""tune.py: studies of real (tiny) dqn.py runs on CartPole in SQLite and PostgreSQL, several workers, pruning, resuming,
+and the one-line errors for bad input.
+
+The PostgreSQL test uses TUNE_TEST_POSTGRES_URL (.ci/run starts a server on 127.0.0.1 and sets it); without it, the
+test starts its own throwaway server from the system's initdb/pg_ctl, and without those it is skipped (it fails under
+CI=true, where it must run).
+"""
+
+import csv
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import tyro
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import tune  # noqa: E402
+
+# a few thousand CartPole steps per trial: seconds each, most of it Python start-up
+TINY_RUN = ["--total-timesteps", "1000", "--learning-starts", "300", "--eval-frequency", "500", "--eval-episodes", "2"]
+LONG_RUN = ["--total-timesteps", "100000", *TINY_RUN[2:]]
+
+
+def tune_argv(tmp_path: Path, storage: str, *flags: str, run=TINY_RUN) -> list[str]:
+    return ["--script", "dqn.py", "--storage", storage, "--runs-dir", str(tmp_path / "runs"), *flags, "--", *run]
+
+
+def load(storage: str, study_name: str) -> optuna.Study:
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def max_logged_step(run_dir: Path) -> int:
+    with open(run_dir / "metrics.csv", newline="") as file:
+        return max(int(row["global_step"]) for row in csv.DictReader(file))
+
+
+def test_tiny_study_completes_with_sqlite_and_writes_best_parameters(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    result = tune.main(tune_argv(tmp_path, storage, "--n-trials", "2", "--study-name", "tiny"))
+
+    study = load(storage, "tiny")
+    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    best = max(study.trials, key=lambda trial: trial.value)
+    assert result["value"] == best.value and result["trial"] == best.number and result["params"] == best.params
+    # every evaluation of every run was reported to Optuna as it was written
+    assert all(sorted(trial.intermediate_values) == [500, 1000] for trial in study.trials)
+    # the objective is the run's final evaluation mean
+    summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
+    assert summary["eval_mean"] == best.value and summary["global_step"] == 1000
+    assert json.loads((tmp_path / "runs" / "tiny" / "best.json").read_text()) == result
+    # the command line reproduces the best trial: dqn.py's own parser reads back the best parameters
+    import dqn
+
+    command = result["command"].split()
+    assert command[:2] == ["python", "dqn.py"]
+    args = tyro.cli(dqn.Args, args=command[2:])
+    assert args.learning_rate == best.params["learning-rate"] and args.gamma == best.params["gamma"]
+    assert args.batch_size == best.params["batch-size"]
+    assert args.hidden_sizes == tuple(int(size) for size in best.params["hidden-sizes"].split())
+    assert args.total_timesteps == 1000 and args.seed == 1
+
+
+def test_interrupted_study_resumes_and_the_pruner_stops_a_hopeless_trial_and_its_run(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    argv = tune_argv(tmp_path, storage, "--n-trials", "1", "--study-name", "resume", run=LONG_RUN)
+    worker = subprocess.Popen([sys.executable, str(ROOT / "tune.py"), *argv], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while not glob.glob(str(tmp_path / "runs" / "resume" / "trial_0000" / "*" / "metrics.csv")):
+        assert time.time() < deadline and worker.poll() is None, worker.communicate()
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGTERM)  # as `kill` or a batch scheduler ends a job
+    _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode != 0 and "run the same command again to resume" in stderr
+    [trial] = load(storage, "resume").trials
+    assert trial.state == TrialState.FAIL  # so it does not count towards --n-trials
+    assert_stopped(tmp_path / "runs" / "resume" / "trial_0000")
+
+    # The same command resumes the study. Its pruner ends the new trial at the first evaluation (step 500 of
+    # 100,000), deterministically: no CartPole return reaches 1000.
+    started = time.perf_counter()
+    result = tune.main(tune_argv(tmp_path, storage, "--n-trials", "1", "--study-name", "resume", "--pruner",
+                                 "threshold", "--prune-below", "1000", "--warmup-fraction", "0", run=LONG_RUN))
+    assert result is None  # nothing completed, so there are no best parameters
+    assert time.perf_counter() - started < 90
+    failed, pruned = load(storage, "resume").trials
+    assert failed.state == TrialState.FAIL and pruned.state == TrialState.PRUNED
+    assert pruned.user_attrs["pruned_at_step"] == 500 and list(pruned.intermediate_values) == [500]
+    assert_stopped(tmp_path / "runs" / "resume" / "trial_0001")
+
+
+def assert_stopped(trial_dir: Path) -> None:
+    """The trial's run was stopped early: no summary, far from its 100,000 steps, and not writing any more."""
+    [metrics] = trial_dir.glob("*/metrics.csv")
+    assert not (metrics.parent / "summary.json").exists()
+    assert max_logged_step(metrics.parent) < 100_000
+    size = metrics.stat().st_size
+    time.sleep(1.0)
+    assert metrics.stat().st_size == size
+
+
+# A stand-in with the scripts' interface for the many-workers tests, which are about sharing a study: each trial takes a
+# second instead of the several that importing torch and training take, so six trials race for the budget, not three.
+STUB_SCRIPT = '''"""Stand-in for a DQN script: the same flags and files, three evaluations 0.3 s apart, no training."""
+import json, math, time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+
+@dataclass
+class Args:
+    seed: int = 1
+    save_model: bool = True
+    runs_dir: str = "runs"
+    total_timesteps: int = 300
+    eval_frequency: int = 100
+    learning_rate: float = 2.5e-4
+    gamma: float = 0.99
+    batch_size: int = 128
+    target_network_frequency: int = 500
+    exploration_fraction: float = 0.5
+    hidden_sizes: tuple[int, ...] = (120, 84)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    run_dir = Path(args.runs_dir) / f"Stub-v0__stub__{args.seed}__{time.time_ns()}"
+    run_dir.mkdir(parents=True)
+    final = 100.0 - 20.0 * abs(math.log10(args.learning_rate) + 3.0) - args.batch_size / 64
+    with open(run_dir / "metrics.csv", "w") as file:
+        file.write("global_step,wall_time,name,value\\n")
+        for step in range(args.eval_frequency, args.total_timesteps + 1, args.eval_frequency):
+            time.sleep(0.3)
+            file.write(f"{step},{time.time():.3f},eval/episodic_return,{final * step / args.total_timesteps}\\n")
+            file.flush()
+    summary = {"status": "finished", "eval_mean": final, "global_step": args.total_timesteps, "run_dir": str(run_dir)}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+'''
+
+
+def run_two_workers(tmp_path: Path, storage: str, n_trials: int) -> str:
+    """Start two tune.py processes on one study at once; check that together they finish exactly `n_trials` trials."""
+    (tmp_path / "stub_dqn.py").write_text(STUB_SCRIPT)
+    study_name = f"two-workers-{uuid.uuid4().hex[:8]}"
+    argv = [sys.executable, str(ROOT / "tune.py"), "--script", str(tmp_path / "stub_dqn.py"), "--storage", storage,
+            "--runs-dir", str(tmp_path / "runs"), "--n-trials", str(n_trials), "--study-name", study_name]
+    workers = [subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    outputs = [worker.communicate(timeout=240)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+
+    trials = load(storage, study_name).trials
+    finished = [trial for trial in trials if trial.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n_trials
+    assert not [trial for trial in trials if trial.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # a trial given up as over budget is marked so and never ran; any other failure is a bug
+    assert all("skipped" in trial.user_attrs for trial in trials if trial.state == TrialState.FAIL)
+    numbers = [trial.number for trial in trials]
+    assert len(set(numbers)) == len(numbers)
+    # one run per finished trial, each started by exactly one of the workers, and both workers did some
+    started = [[int(line.split()[1]) for line in output.splitlines()
+                if line.startswith("trial ") and " started: " in line] for output in outputs]
+    assert sorted(started[0] + started[1]) == sorted(trial.number for trial in finished)
+    assert started[0] and started[1], outputs
+    run_dirs = sorted(path.name for path in (tmp_path / "runs" / study_name).iterdir() if path.is_dir())
+    assert run_dirs == [f"trial_{trial.number:04d}" for trial in finished]
+    # both end by printing the same best trial
+    best = max((trial for trial in finished if trial.state == TrialState.COMPLETE), key=lambda trial: trial.value)
+    assert all(f"best: trial {best.number}," in output for output in outputs)
+    return study_name
+
+
+def test_two_workers_on_one_sqlite_study_finish_exactly_the_requested_trials(tmp_path):
+    run_two_workers(tmp_path, f"sqlite:///{tmp_path / 'tune.db'}", n_trials=6)
+
+
+def test_two_workers_on_one_postgresql_study_finish_exactly_the_requested_trials(tmp_path, postgres_url):
+    study_name = run_two_workers(tmp_path, postgres_url, n_trials=6)
+    optuna.delete_study(study_name=study_name, storage=postgres_url)
+
+
+def test_a_trial_asked_beyond_the_budget_is_given_up_without_running(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    args = tyro.cli(tune.Args, args=["--script", "dqn.py", "--n-trials", "2", "--storage", storage])
+    script = tune.load_script("dqn.py")
+    space, _ = tune.build_space(script, (), [])
+    study = optuna.create_study(storage=storage, study_name="budget", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=1.0))
+    running_elsewhere = study.ask()  # another worker's trial: it counts, it may still finish
+    worker = tune.Worker(args, script, space, [], study, tmp_path / "runs", 1500)
+    trial = study.ask()
+    with pytest.raises(tune.BudgetReached):
+        worker.objective(trial)
+    assert worker.last_outcome == "skipped" and "skipped" in study.trials[trial.number].user_attrs
+    assert not (tmp_path / "runs").exists()  # nothing was run
+    assert running_elsewhere.number < trial.number
+
+
+def test_search_space_overrides_fixed_flags_and_scripts_without_widths(tmp_path):
+    script = tune.load_script("dqn.py")
+    space, notes = tune.build_space(script, ("learning_rate=log:1e-5:1e-3", "tau=uniform:0.1:1"),
+                                    ["--gamma", "0.9", "--env-id", "Acrobot-v1"])
+    assert space["learning-rate"].spec() == "log:1e-05:0.001" and space["tau"].kind == "uniform"
+    assert "gamma" not in space and any("--gamma" in note for note in notes)
+    assert tune.flag_argv("hidden-sizes", "64 64", tuple) == ["--hidden-sizes", "64", "64"]
+    assert tune.flag_argv("track", False, bool) == ["--no-track"]
+    # an Atari-like script without --hidden-sizes: the width is not searched
+    fake = tmp_path / "dqn_atari.py"
+    fake.write_text("from dataclasses import dataclass\n\n@dataclass\nclass Args:\n    seed: int = 1\n"
+                    "    runs_dir: str = 'runs'\n    total_timesteps: int = 10\n    learning_rate: float = 1e-4\n"
+                    "    gamma: float = 0.99\n    batch_size: int = 32\n    target_network_frequency: int = 1000\n"
+                    "    exploration_fraction: float = 0.1\n")
+    space, notes = tune.build_space(tune.load_script(str(fake)), (), [])
+    assert set(space) == {"learning-rate", "gamma", "batch-size", "target-network-frequency", "exploration-fraction"}
+    with pytest.raises(tune.TuneError, match="dqn_atari.py has no flag --hidden-sizes"):
+        tune.build_space(tune.load_script(str(fake)), ("hidden-sizes=choice:64 64",), [])
+
+
+def test_metrics_follower_reports_only_complete_evaluation_rows(tmp_path):
+    run_dir = tmp_path / "trial" / "run"
+    run_dir.mkdir(parents=True)
+    follower = tune.MetricsFollower(tmp_path / "trial")
+    with open(run_dir / "metrics.csv", "w") as file:
+        file.write("global_step,wall_time,name,value\n500,1.0,charts/SPS,900\n500,1.0,eval/episodic_return,12.5\n"
+                   "1000,2.0,eval/episodic_return,3")
+        file.flush()
+        assert follower.new_evaluations() == [(500, 12.5)]  # the last row is still being written
+        file.write("0.5\n")
+    assert follower.new_evaluations() == [(1000, 30.5)]
+    assert follower.new_evaluations() == []
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--script", "nope.py"], "unknown script 'nope.py'"),
+    (["--script", "dqn.py", "--storage", "not a url"], "is not a database URL"),
+    (["--script", "dqn.py", "--storage", "redis://127.0.0.1/0"], "unsupported database 'redis'"),
+    (["--script", "dqn.py", "--space", "momentum=log:0.1:1"], "unknown parameter 'momentum' in --space"),
+    (["--script", "dqn.py", "--space", "gamma=between:0.9:1"], "SPEC must be log:LOW:HIGH"),
+    (["--script", "dqn.py", "--space", "batch-size=choice:32,big"], "'big' is not an int"),
+    (["--script", "dqn.py", "--", "--learning-rat", "0.1"], "unknown flag --learning-rat"),
+    (["--script", "dqn.py", "--", "--gamma", "high"], "could not convert string to float"),
+    (["--script", "dqn.py", "--pruner", "threshold"], "--pruner threshold needs --prune-below"),
+])
+def test_bad_input_is_reported_in_one_line(tmp_path, flags, message):
+    storage = [] if "--storage" in flags else ["--storage", f"sqlite:///{tmp_path / 'x.db'}"]
+    with pytest.raises(tune.TuneError, match=re.escape(message)) as error:
+        tune.main(storage + flags)
+    assert "\n" not in str(error.value)
+
+
+def test_command_line_errors_are_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "tune.py"), "--script", "nope.py"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: unknown script 'nope.py'")
+
+
+# ----------------------------------------------------------------------------------------------- PostgreSQL server
+
+
+def postgres_binaries() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda path: int(path.split("/")[4]))
+    return Path(versions[-1]).parent if versions else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    url = os.environ.get("TUNE_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    binaries = postgres_binaries()
+    as_root = os.geteuid() == 0
+    if binaries is None or (as_root and shutil.which("runuser") is None):
+        reason = ("no PostgreSQL server: set TUNE_TEST_POSTGRES_URL (as .ci/run does) or install PostgreSQL "
+                  "(apt-get install postgresql) so that the test can start its own")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    # a throwaway server on 127.0.0.1 only; as root it runs as the postgres user, which initdb requires
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    folder = Path(tempfile.mkdtemp(prefix="tune-test-postgres-"))
+    if as_root:
+        shutil.chown(folder, "postgres", "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    subprocess.run([*prefix, str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    subprocess.run([*prefix, str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
+                    "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}", "start"],
+                   check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, stdin=subprocess.DEVNULL)
+        shutil.rmtree(folder, ignore_errors=True)

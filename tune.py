@@ -1,0 +1,781 @@
+"""Hyperparameter search for the DQN scripts with Optuna: every trial is a real training run of the script.
+
+A trial runs `python SCRIPT.py` with the sampled flags in a subprocess (one thread by default), follows the run's
+`metrics.csv` as it grows to report every `eval/episodic_return` to Optuna, stops the run as soon as the pruner judges
+it hopeless, and takes its objective from `summary.json` when it ends (the final evaluation mean, `eval_mean`).
+Because the scripts are only run, never imported for training, the tuner works with any script that has their
+interface: dqn.py, dqn_lunar.py, dqn_atari.py, double_dueling_per_dqn.py. Sampler: TPE (Bergstra et al. 2011),
+multivariate, with the "constant liar" so that parallel workers do not all sample next to the same running trial;
+pruner: the median rule (Golovin et al. 2017, "Google Vizier") after a warm-up.
+
+The study lives in a database, so several workers share it and a study resumes after an interruption: run the same
+command again. `--n-trials` is the number of finished (complete or pruned) trials the study should have in total,
+however many workers share it.
+
+    python tune.py --script dqn.py --n-trials 30                 # one worker, SQLite file tune.db
+    python tune.py --script dqn.py --n-trials 30 & python tune.py --script dqn.py --n-trials 30    # two workers
+    python tune.py --script dqn_lunar.py --n-trials 50 --storage postgresql://tune:PASSWORD@db-host:5432/tune
+    python tune.py --script dqn.py --space learning-rate=log:1e-5:1e-3 -- --env-id Acrobot-v1 --total-timesteps 50000
+
+Flags after `--` go unchanged to every trial (a parameter given there is not searched). `--space NAME=SPEC` replaces or
+adds one parameter, SPEC being `log:LOW:HIGH` (log-uniform), `uniform:LOW:HIGH` (integers for an integer flag) or
+`choice:A,B,C` (one item may hold spaces: `choice:64 64,256 256`). The default spaces are in SEARCH_SPACES below and in
+the README. At the end the best trial is printed as a ready-to-paste command line and written to
+`{runs_dir}/{study}/best.json`.
+"""
+
+import contextlib
+import csv
+import dataclasses
+import importlib.util
+import io
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import types
+import typing
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import optuna
+import sqlalchemy
+import tyro
+from optuna.trial import TrialState
+
+# The default search space of each script, in the syntax of --space. Ranges bracket each script's own defaults, which
+# come from the papers and tuned sets its docstrings cite; widths are only searched where the script has --hidden-sizes.
+SEARCH_SPACES: dict[str, dict[str, str]] = {
+    "dqn.py": {
+        "learning-rate": "log:1e-4:3e-3",
+        "gamma": "choice:0.95,0.98,0.99,0.995",
+        "batch-size": "choice:32,64,128,256",
+        "target-network-frequency": "choice:100,250,500,1000,2000",
+        "exploration-fraction": "uniform:0.05:0.5",
+        "hidden-sizes": "choice:64 64,120 84,128 128,256 256",
+    },
+    "dqn_lunar.py": {
+        "learning-rate": "log:5e-5:2e-3",
+        "gamma": "choice:0.98,0.99,0.995,0.999",
+        "batch-size": "choice:64,128,256",
+        "target-network-frequency": "choice:250,500,1000,2000,5000",
+        "exploration-fraction": "uniform:0.05:0.3",
+        "hidden-sizes": "choice:64 64,128 128,256 256",
+    },
+    "dqn_atari.py": {
+        "learning-rate": "log:2e-5:5e-4",
+        "gamma": "choice:0.98,0.99,0.995",
+        "batch-size": "choice:32,64",
+        "target-network-frequency": "choice:1000,2000,4000,8000",
+        "exploration-fraction": "uniform:0.05:0.2",
+    },
+    "double_dueling_per_dqn.py": {
+        "learning-rate": "log:5e-5:2e-3",
+        "gamma": "choice:0.98,0.99,0.995,0.999",
+        "batch-size": "choice:32,64,128,256",
+        "target-network-frequency": "choice:250,500,1000,2000,5000",
+        "exploration-fraction": "uniform:0.05:0.5",
+        "hidden-sizes": "choice:64 64,128 128,256 256",
+    },
+}
+# Flags the tuner sets itself for every trial (or that make no sense in a trial).
+RESERVED_FLAGS = {"runs-dir", "exp-name", "seed", "resume", "eval-checkpoint"}
+METRIC = "eval/episodic_return"
+POLL_SECONDS = 0.5  # how often a running trial's metrics.csv is read
+WAIT_SECONDS = 2.0  # how often a worker with nothing to start looks again at the other workers' trials
+
+
+@dataclass
+class Args:
+    script: str
+    """script to tune: dqn.py, dqn_lunar.py, dqn_atari.py, double_dueling_per_dqn.py, or the path of one"""
+    n_trials: int = 20
+    """finished (complete or pruned) trials the study should hold, counted over all its workers"""
+    storage: str = "sqlite:///tune.db"
+    """database of the study: sqlite:///FILE for workers on one machine, postgresql://USER:PASSWORD@HOST:PORT/DB
+    for workers on many"""
+    study_name: Optional[str] = None
+    """name of the study in the storage; None: `{script}-{env_id}`. Workers with the same name share the study"""
+    space: tuple[str, ...] = ()
+    """NAME=SPEC pairs that replace or add to the script's search space; SPEC is log:LOW:HIGH, uniform:LOW:HIGH or
+    choice:A,B,C (e.g. `--space learning-rate=log:1e-5:1e-3 batch-size=choice:64,128`)"""
+    objective: Literal["eval_mean", "best_eval_mean"] = "eval_mean"
+    """summary.json value to maximize: the final evaluation mean, or the best evaluation mean of the run"""
+    pruner: Literal["median", "threshold", "none"] = "median"
+    """median: stop a trial whose evaluation is below the median of earlier trials at the same step; threshold:
+    stop it when an evaluation is below --prune-below; none: never stop a trial"""
+    prune_below: Optional[float] = None
+    """evaluation mean under which --pruner threshold stops a trial"""
+    warmup_fraction: float = 0.2
+    """fraction of --total-timesteps before which no trial is pruned (early evaluations are mostly exploration)"""
+    startup_trials: int = 5
+    """trials sampled at random before TPE takes over, and finished before the median pruner judges any trial"""
+    seed: int = 1
+    """--seed of every trial, so trials differ only by their parameters"""
+    sampler_seed: Optional[int] = None
+    """seed of the TPE sampler (None: random; give each worker a different one if you set it)"""
+    threads: int = 1
+    """threads per trial (OMP_NUM_THREADS): one trial per core is the fastest way to use a CPU machine"""
+    runs_dir: str = "runs/tune"
+    """folder under which each study keeps its trials' runs (`{runs_dir}/{study}/trial_0007/...`) and best.json"""
+    output: Optional[str] = None
+    """file for the best parameters as JSON, with the command line; None: `{runs_dir}/{study}/best.json`"""
+    max_failures: int = 3
+    """stop this worker after this many failed trials in a row (a script that crashes every time)"""
+
+
+class TuneError(Exception):
+    """A setting the tuner cannot use; reported as one line, without a traceback."""
+
+
+class TrialFailed(Exception):
+    """The trial's run crashed or produced no objective; the trial is marked FAIL and the study goes on."""
+
+
+class BudgetReached(Exception):
+    """Another worker started the last trial of the budget at the same moment; this trial is marked FAIL unrun."""
+
+
+
+@dataclass
+class Script:
+    """A training script, loaded only to read its `Args` (flag names, types, defaults) and check settings."""
+
+    path: Path
+    given: str
+    module: types.ModuleType
+    field_types: dict[str, type]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def command_path(self) -> str:
+        """How to name the script in a command line run from here."""
+        return self.given if Path(self.given).is_file() else str(self.path)
+
+    def has_flag(self, flag: str) -> bool:
+        return flag.replace("-", "_") in self.field_types
+
+    def parse(self, argv: list[str]):
+        """Parse `argv` with the script's own parser; raise TuneError with tyro's reason in one line."""
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+                return tyro.cli(self.module.Args, args=argv, console_outputs=False)
+        except SystemExit:
+            lines = [line.strip(" │╭╮╰╯─-") for line in captured.getvalue().splitlines()]
+            reason = next((line for line in lines if "rror" in line and line != "Value error"), None) or \
+                next((line for line in lines if line), "the flags do not parse")
+            raise TuneError(f"{self.name} rejects `{shlex.join(argv)}`: {reason}") from None
+
+    def check(self, argv: list[str]) -> None:
+        """Parse `argv` and run the script's own argument checks, if it has them; raise TuneError on a problem."""
+        args = self.parse(argv)
+        check_args = getattr(self.module, "check_args", None)
+        if check_args is not None:
+            try:
+                check_args(args)
+            except ValueError as error:
+                raise TuneError(f"{self.name}: {error}") from None
+
+
+def base_type(annotation) -> type:
+    """int, float, str, bool or tuple for a field annotation; Optional[X] is X, Literal[...] is str."""
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        remaining = [argument for argument in arguments if argument is not type(None)]
+        return base_type(remaining[0]) if len(remaining) == 1 else str
+    if origin is Literal:
+        return type(arguments[0])
+    if origin is tuple or annotation is tuple:
+        return tuple
+    return annotation if annotation in (int, float, str, bool) else str
+
+
+def load_script(given: str) -> Script:
+    """Find the script (as given, or next to tune.py) and load its module to read `Args`."""
+    candidates = [Path(given), Path(__file__).resolve().parent / given]
+    path = next((candidate.resolve() for candidate in candidates if candidate.is_file()), None)
+    if path is None:
+        known = ", ".join(SEARCH_SPACES)
+        if Path(given).name in SEARCH_SPACES:
+            raise TuneError(f"{given} is not there (looked in . and {candidates[1].parent})")
+        raise TuneError(f"unknown script {given!r}: expected one of {known}, or the path of a script like them")
+    module_name = f"_tuned_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None or path.suffix != ".py":
+        raise TuneError(f"{given} is not a Python script")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # tyro reads the field docstrings through the module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        raise TuneError(f"cannot load {given}: {type(error).__name__}: {error}") from None
+    if not (isinstance(getattr(module, "Args", None), type) and dataclasses.is_dataclass(module.Args)):
+        raise TuneError(f"{given} has no `@dataclass class Args`, so it does not have the scripts' interface")
+    field_types = {name: base_type(hint) for name, hint in typing.get_type_hints(module.Args).items()}
+    missing = [flag for flag in ("runs_dir", "seed", "total_timesteps") if flag not in field_types]
+    if missing:
+        raise TuneError(f"{given} has no flag {', '.join('--' + m.replace('_', '-') for m in missing)}, "
+                        "so it does not have the scripts' interface")
+    return Script(path, given, module, field_types)
+
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One searched flag: `log` (log-uniform), `uniform`, or `choice` among values."""
+
+    flag: str
+    kind: Literal["log", "uniform", "choice"]
+    field_type: type
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple = ()
+
+    def suggest(self, trial: optuna.Trial):
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.flag, self.choices)
+        if self.field_type is int:
+            return trial.suggest_int(self.flag, int(self.low), int(self.high), log=self.kind == "log")
+        return trial.suggest_float(self.flag, self.low, self.high, log=self.kind == "log")
+
+    def spec(self) -> str:
+        if self.kind == "choice":
+            return "choice:" + ",".join(str(choice) for choice in self.choices)
+        return f"{self.kind}:{self.low:g}:{self.high:g}"
+
+
+def parse_value(text: str, field_type: type, where: str):
+    """Convert one value of a spec to the flag's type (a tuple flag keeps its space-separated text)."""
+    try:
+        if field_type is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if field_type is int:
+            return int(text)
+        if field_type is float:
+            return float(text)
+        if field_type is tuple:
+            if not text.split():
+                raise ValueError
+            [int(part) for part in text.split()]
+            return " ".join(text.split())
+        return text
+    except ValueError:
+        kind = "true or false" if field_type is bool else "space-separated integers" if field_type is tuple \
+            else f"an {field_type.__name__}" if field_type is int else f"a {field_type.__name__}"
+        raise TuneError(f"{where}: {text!r} is not {kind}") from None
+
+
+def parse_distribution(flag: str, spec: str, script: Script) -> Distribution:
+    """Parse `log:LOW:HIGH`, `uniform:LOW:HIGH` or `choice:A,B,C` for a flag of `script`."""
+    where = f"--space {flag}={spec}"
+    field_type = script.field_types[flag.replace("-", "_")]
+    kind, _, rest = spec.partition(":")
+    if kind == "choice":
+        choices = tuple(parse_value(item.strip(), field_type, where) for item in rest.split(",") if item.strip())
+        if not choices:
+            raise TuneError(f"{where}: choice needs at least one value")
+        if len(set(choices)) != len(choices):
+            raise TuneError(f"{where}: a value appears twice")
+        return Distribution(flag, "choice", field_type, choices=choices)
+    if kind not in ("log", "uniform"):
+        raise TuneError(f"{where}: SPEC must be log:LOW:HIGH, uniform:LOW:HIGH or choice:A,B,C")
+    if field_type not in (int, float):
+        raise TuneError(f"{where}: --{flag} is not a number; use choice:A,B,C")
+    bounds = rest.split(":")
+    if len(bounds) != 2:
+        raise TuneError(f"{where}: {kind} needs LOW:HIGH")
+    low, high = (parse_value(bound, field_type, where) for bound in bounds)
+    if not low < high:
+        raise TuneError(f"{where}: LOW must be below HIGH")
+    if kind == "log" and low <= 0:
+        raise TuneError(f"{where}: a log range needs LOW > 0")
+    return Distribution(flag, kind, field_type, float(low), float(high))
+
+
+def flag_names(argv: list[str]) -> list[str]:
+    """The flag names in a command line (`--gamma 0.9 --no-track` -> gamma, no-track)."""
+    return [token[2:].split("=", 1)[0] for token in argv if token.startswith("--") and len(token) > 2]
+
+
+def check_fixed_flags(fixed: list[str], script: Script) -> None:
+    for flag in flag_names(fixed):
+        field = flag.replace("-", "_")
+        negated_bool = flag.startswith("no-") and script.field_types.get(field[3:]) is bool
+        if field not in script.field_types and not negated_bool:
+            raise TuneError(f"unknown flag --{flag} after `--`: {script.name} has no such flag "
+                            f"(see python {script.given} --help)")
+        if flag in RESERVED_FLAGS:
+            raise TuneError(f"--{flag} after `--` is set by tune.py for each trial"
+                            + (" (use tune.py --seed)" if flag == "seed" else ""))
+
+
+def build_space(script: Script, overrides: tuple[str, ...],
+                fixed: list[str]) -> tuple[dict[str, Distribution], list[str]]:
+    """The script's default space, with the --space overrides, less the flags fixed after `--`; and notes to print."""
+    notes = []
+    known = script.name if script.name in SEARCH_SPACES else "dqn.py"
+    if script.name not in SEARCH_SPACES:
+        notes.append(f"{script.name} has no search space of its own: using dqn.py's")
+    specs = {flag: spec for flag, spec in SEARCH_SPACES[known].items()}
+    missing = [flag for flag in specs if not script.has_flag(flag)]
+    if missing:
+        notes.append(f"not searched, {script.name} has no flag: {', '.join('--' + flag for flag in missing)}")
+        specs = {flag: spec for flag, spec in specs.items() if flag not in missing}
+    for override in overrides:
+        flag, separator, spec = override.partition("=")
+        flag = flag.strip().lstrip("-").replace("_", "-")
+        if not separator or not flag:
+            raise TuneError(f"--space {override!r}: expected NAME=SPEC, e.g. learning-rate=log:1e-5:1e-3")
+        if not script.has_flag(flag):
+            raise TuneError(f"unknown parameter {flag!r} in --space: {script.name} has no flag --{flag}")
+        if flag in RESERVED_FLAGS:
+            raise TuneError(f"--space {flag}: --{flag} is set by tune.py, not searched")
+        specs[flag] = spec.strip()
+    fixed_flags = {flag.removeprefix("no-") for flag in flag_names(fixed)}
+    for flag in list(specs):
+        if flag in fixed_flags:
+            if any(override.partition("=")[0].strip().lstrip("-").replace("_", "-") == flag for override in overrides):
+                raise TuneError(f"--{flag} is both searched (--space) and fixed (after `--`): choose one")
+            notes.append(f"not searched, fixed after `--`: --{flag}")
+            del specs[flag]
+    return {flag: parse_distribution(flag, spec, script) for flag, spec in specs.items()}, notes
+
+
+def flag_argv(flag: str, value, field_type: type) -> list[str]:
+    if field_type is bool:
+        return [f"--{flag}" if value else f"--no-{flag}"]
+    if field_type is tuple:
+        return [f"--{flag}", *str(value).split()]
+    return [f"--{flag}", repr(value) if isinstance(value, float) else str(value)]
+
+
+def params_argv(params: dict, space: dict[str, Distribution]) -> list[str]:
+    argv: list[str] = []
+    for flag, value in params.items():
+        argv += flag_argv(flag, value, space[flag].field_type if flag in space else type(value))
+    return argv
+
+
+
+def storage_settings(url: str) -> tuple[str, dict]:
+    """Check a storage URL without connecting; return it as it may be shown (no password) and the engine settings."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise TuneError(f"--storage {url!r} is not a database URL: use sqlite:///FILE or "
+                        "postgresql://USER:PASSWORD@HOST:PORT/DB") from None
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise TuneError(f"--storage {shown}: an in-memory SQLite database cannot be shared or resumed; "
+                            "give a file, e.g. sqlite:///tune.db")
+        folder = Path(parsed.database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise TuneError(f"--storage {shown}: folder {folder} does not exist")
+        # Optuna's advice for SQLite with parallel workers: wait for the lock (60 s) instead of failing at once
+        return shown, {"connect_args": {"timeout": 60.0}}
+    if backend == "postgresql":
+        return shown, {"pool_pre_ping": True}  # a trial can last hours; a dropped idle connection is replaced
+    if backend == "mysql":
+        return shown, {}
+    raise TuneError(f"--storage {shown}: unsupported database {backend!r}; use sqlite or postgresql (or mysql)")
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage for `url`, or TuneError saying why not (the password never printed)."""
+    shown, engine_kwargs = storage_settings(url)
+    for attempt in range(5):  # workers started together may race to create the tables
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs,
+                    # a worker killed mid-trial leaves it RUNNING: after `grace_period` s without a heartbeat it is
+                    # failed and queued again with the same parameters (Optuna's heartbeat mechanism)
+                    heartbeat_interval=60, grace_period=180,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except ImportError as error:
+            raise TuneError(f"--storage {shown}: the database driver is missing ({error.__cause__ or error}); "
+                            "pip install -r requirements.txt") from None
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+            reason = first_line(error)
+            if isinstance(error, sqlalchemy.exc.OperationalError) and not url.startswith("sqlite"):
+                break  # cannot connect: retrying will not help
+            time.sleep(0.2 + 0.5 * attempt)
+    raise TuneError(f"cannot open --storage {shown}: {reason}")
+
+
+def first_line(error: Exception) -> str:
+    """The database's own message, in one line (SQLAlchemy wraps it in `orig`, Optuna in `__cause__`)."""
+    inner = getattr(error, "orig", None) or getattr(error.__cause__, "orig", None) or error.__cause__ or error
+    return (str(inner).strip().splitlines() or [type(inner).__name__])[0]
+
+
+def counts(study: optuna.Study) -> dict[TrialState, int]:
+    result = {state: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        result[trial.state] += 1
+    return result
+
+
+
+class MetricsFollower:
+    """Reads the evaluations a run appends to its metrics.csv, a complete line at a time."""
+
+    def __init__(self, trial_dir: Path):
+        self.trial_dir, self.path, self.offset, self.partial = trial_dir, None, 0, b""
+
+    def new_evaluations(self) -> list[tuple[int, float]]:
+        if self.path is None:
+            found = sorted(self.trial_dir.glob("*/metrics.csv"))
+            if not found:
+                return []
+            self.path = found[0]
+        with open(self.path, "rb") as file:
+            file.seek(self.offset)
+            chunk = file.read()
+        self.offset += len(chunk)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        evaluations = []
+        for row in csv.reader(line.decode() for line in lines if line.strip()):
+            if len(row) >= 4 and row[2] == METRIC:
+                evaluations.append((int(row[0]), float(row[3])))
+        return evaluations
+
+
+def launch_argv(script: Path, argv: list[str]) -> list[str]:
+    """`python SCRIPT ARGS`, through a tiny launcher that asks Linux to send the run SIGTERM if the tuner dies, so a
+    killed worker leaves no training running on; elsewhere it just execs the script."""
+    launcher = ("import ctypes, os, signal, sys\n"
+                "try:\n"
+                "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+                "except Exception:\n"
+                "    pass\n"
+                "if os.getppid() != int(sys.argv[1]):\n"
+                "    sys.exit('tune.py exited before the trial started')\n"
+                "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n")
+    return [sys.executable, "-c", launcher, str(os.getpid()), str(script), *argv]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM the run's process group, SIGKILL it if it is still there 10 s later."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@dataclass
+class Worker:
+    """One tuning process: runs trials of `study` until it holds `n_trials` finished trials."""
+
+    args: Args
+    script: Script
+    space: dict[str, Distribution]
+    fixed: list[str]
+    study: optuna.Study
+    study_dir: Path
+    total_timesteps: int
+    current_number: Optional[int] = None  # the trial this worker runs, or ran last
+    last_outcome: str = ""
+    quiet_trial: Optional[int] = None  # a trial whose failure this worker has explained itself
+
+    def trial_argv(self, params: dict, trial_dir: Path) -> list[str]:
+        argv = [*self.fixed, *params_argv(params, self.space), "--seed", str(self.args.seed),
+                "--runs-dir", str(trial_dir)]
+        if self.script.has_flag("save-model") and not {"save-model", "no-save-model"} & set(flag_names(self.fixed)):
+            argv.append("--no-save-model")  # checkpoints of every trial would fill the disk
+        return argv
+
+    def objective(self, trial: optuna.Trial) -> float:
+        self.current_number, self.quiet_trial, self.last_outcome = trial.number, None, "failed"
+        # Budget: the trials numbered before this one that are finished, running or queued are the ones that will
+        # count; trial numbers are given out in order under a lock by the storage, so exactly one worker takes the
+        # last slot even when two ask at the same moment.
+        ahead = sum(1 for other in self.study.get_trials(deepcopy=False)
+                    if other.number < trial.number
+                    and other.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING))
+        if ahead >= self.args.n_trials:
+            self.quiet_trial, self.last_outcome = trial.number, "skipped"
+            trial.set_user_attr("skipped", "the study's trial budget was taken by other workers; not run")
+            raise BudgetReached()
+
+        params = {flag: distribution.suggest(trial) for flag, distribution in self.space.items()}
+        trial_dir = self.study_dir / f"trial_{trial.number:04d}"
+        if trial_dir.exists():  # a study of the same name was deleted and made again
+            trial_dir = trial_dir.with_name(f"{trial_dir.name}_{int(time.time())}")
+        argv = self.trial_argv(params, trial_dir)
+        trial.set_user_attr("command", shlex.join(["python", self.script.command_path, *argv]))
+        try:
+            self.script.check(argv)
+        except TuneError as error:
+            return self.fail(trial, f"invalid settings: {error}")
+        trial_dir.mkdir(parents=True)
+        trial.set_user_attr("trial_dir", str(trial_dir))
+        environment = {**os.environ, "OMP_NUM_THREADS": str(self.args.threads),
+                       "MKL_NUM_THREADS": str(self.args.threads), "PYTHONUNBUFFERED": "1"}
+        started = time.perf_counter()
+        with open(trial_dir / "output.log", "wb") as log:
+            process = subprocess.Popen(launch_argv(self.script.path, argv), stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, env=environment, start_new_session=True)
+        print(f"trial {trial.number} started: {describe(params)}", flush=True)
+        follower, reported = MetricsFollower(trial_dir), set()
+        try:
+            while True:
+                running = process.poll() is None
+                for step, value in follower.new_evaluations():
+                    if step in reported:
+                        continue  # the final evaluation may repeat the last periodic one's step
+                    reported.add(step)
+                    trial.report(value, step)
+                    if running and trial.should_prune():
+                        stop(process)
+                        trial.set_user_attr("pruned_at_step", step)
+                        self.last_outcome = (f"pruned at step {step:,}: evaluation {value:.2f} "
+                                             f"({time.perf_counter() - started:.0f} s)")
+                        raise optuna.TrialPruned(f"evaluation {value:.2f} at step {step}")
+                if not running:
+                    break
+                time.sleep(POLL_SECONDS)
+        finally:
+            stop(process)  # Ctrl-C or an error in the tuner: the run must not go on alone
+        summaries = sorted(trial_dir.glob("*/summary.json"))
+        if summaries:
+            trial.set_user_attr("run_dir", str(summaries[0].parent))
+        if process.returncode != 0 or not summaries:
+            tail = (trial_dir / "output.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            return self.fail(trial, f"exit status {process.returncode}: {tail[0][:300]} "
+                                    f"(log: {trial_dir / 'output.log'})")
+        summary = json.loads(summaries[0].read_text())
+        value = summary.get(self.args.objective)
+        if summary.get("status") not in ("finished", "target_reached") or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            return self.fail(trial, f"the run ended with status {summary.get('status')!r} and "
+                                    f"{self.args.objective} {value!r} ({summaries[0]})")
+        self.last_outcome = f"complete: {self.args.objective} {value:.2f} ({time.perf_counter() - started:.0f} s)"
+        return float(value)
+
+    def fail(self, trial: optuna.Trial, reason: str) -> float:
+        trial.set_user_attr("failure", reason)
+        self.quiet_trial, self.last_outcome = trial.number, f"failed: {reason}"
+        raise TrialFailed(reason)
+
+    def run(self) -> None:
+        """Start trials while the budget has room, wait while other workers run the last ones, return when the study
+        holds `n_trials` finished trials."""
+        failures_in_a_row, said_waiting = 0, False
+        while True:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: failed, queued again
+            count = counts(self.study)
+            finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
+            if finished >= self.args.n_trials:
+                return
+            if count[TrialState.WAITING] == 0 and finished + count[TrialState.RUNNING] >= self.args.n_trials:
+                if not said_waiting:
+                    print(f"waiting for the {count[TrialState.RUNNING]} trial(s) that other workers are running",
+                          flush=True)
+                    said_waiting = True
+                time.sleep(WAIT_SECONDS)
+                continue
+            said_waiting = False
+            self.study.optimize(self.objective, n_trials=1, catch=(TrialFailed, BudgetReached))
+            print(f"trial {self.current_number} {self.last_outcome}", flush=True)
+            failures_in_a_row = failures_in_a_row + 1 if self.last_outcome.startswith("failed") else 0
+            if failures_in_a_row >= self.args.max_failures:
+                raise TuneError(f"{failures_in_a_row} trials in a row failed, the last one with: "
+                                f"{self.last_outcome.removeprefix('failed: ')}")
+
+
+class QuietHandledFailures(logging.Filter):
+    """Drop Optuna's warning (with a traceback) for a trial whose failure the worker has already explained."""
+
+    def __init__(self, worker: Worker):
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        number = self.worker.quiet_trial
+        return number is None or not record.getMessage().startswith(f"Trial {number} failed")
+
+
+def describe(params: dict) -> str:
+    return " ".join(f"{flag}={value:.3g}" if isinstance(value, float) else f"{flag}={value}"
+                    for flag, value in params.items())
+
+
+
+def check_args(args: Args) -> None:
+    problems = []
+    for name in ("n_trials", "threads", "max_failures"):
+        if getattr(args, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
+    if args.startup_trials < 0:
+        problems.append(f"--startup-trials must be >= 0 (got {args.startup_trials})")
+    if not 0.0 <= args.warmup_fraction <= 1.0:
+        problems.append(f"--warmup-fraction must be in [0, 1] (got {args.warmup_fraction})")
+    if args.pruner == "threshold" and args.prune_below is None:
+        problems.append("--pruner threshold needs --prune-below")
+    if args.prune_below is not None and args.pruner != "threshold":
+        problems.append("--prune-below is only used with --pruner threshold")
+    if problems:
+        raise TuneError("; ".join(problems))
+
+
+def make_pruner(args: Args, total_timesteps: int) -> optuna.pruners.BasePruner:
+    warmup_steps = int(args.warmup_fraction * total_timesteps)
+    if args.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=warmup_steps)
+    if args.pruner == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=args.prune_below, n_warmup_steps=warmup_steps)
+    return optuna.pruners.NopPruner()
+
+
+def join_study(args: Args, storage, study_name: str, total_timesteps: int, config: dict) -> optuna.Study:
+    """Create the study, or join it if it exists; refuse to join one made with other settings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate, constant_liar
+        sampler = optuna.samplers.TPESampler(n_startup_trials=args.startup_trials, multivariate=True,
+                                             constant_liar=True, seed=args.sampler_seed)
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", sampler=sampler,
+                                pruner=make_pruner(args, total_timesteps), load_if_exists=True)
+    existing = study.user_attrs.get("tune_config")
+    if existing is None:
+        study.set_user_attr("tune_config", config)
+    elif existing != config:
+        differing = "; ".join(f"{key}: {json.dumps(existing.get(key))} there, {json.dumps(config[key])} here"
+                              for key in config if existing.get(key) != config[key])
+        raise TuneError(f"study {study_name!r} was started with other settings ({differing}); "
+                        "give the same ones to join it, or another --study-name")
+    return study
+
+
+def best_result(study: optuna.Study, worker: Worker, shown_storage: str) -> Optional[dict]:
+    """The best complete trial as parameters and a ready-to-paste command line, or None if none completed."""
+    count = counts(study)
+    if count[TrialState.COMPLETE] == 0:
+        return None
+    best = study.best_trial
+    argv = [*worker.fixed,
+            *[token for flag, value in best.params.items()
+              for token in flag_argv(flag, value, worker.script.field_types.get(flag.replace("-", "_"), str))],
+            "--seed", str(worker.args.seed)]
+    return {"study": study.study_name, "storage": shown_storage, "script": worker.script.given,
+            "objective": worker.args.objective, "value": best.value, "trial": best.number, "params": best.params,
+            "run_dir": best.user_attrs.get("run_dir"), "argv": argv,
+            "command": shlex.join(["python", worker.script.command_path, *argv]),
+            "trials": {"complete": count[TrialState.COMPLETE], "pruned": count[TrialState.PRUNED],
+                       "failed": count[TrialState.FAIL], "running": count[TrialState.RUNNING]}}
+
+
+def tune(args: Args, fixed: list[str]) -> Optional[dict]:
+    """Run this worker's share of the study; return the best result (also written to --output), or None."""
+    check_args(args)
+    storage_settings(args.storage)  # a bad URL is reported before the slow part
+    script = load_script(args.script)
+    check_fixed_flags(fixed, script)
+    space, notes = build_space(script, args.space, fixed)
+    defaults = script.parse(fixed)
+    total_timesteps = int(defaults.total_timesteps)
+    env_id = getattr(defaults, "env_id", None)
+    study_name = args.study_name or "-".join(part for part in (script.path.stem, env_id) if part)
+    storage = open_storage(args.storage)
+    shown_storage, _ = storage_settings(args.storage)
+    config = {"script": script.name, "fixed": fixed, "space": {flag: d.spec() for flag, d in space.items()},
+              "objective": args.objective, "seed": args.seed}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = join_study(args, storage, study_name, total_timesteps, config)
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+        raise TuneError(f"cannot use study {study_name!r} in {shown_storage}: {first_line(error)}") from None
+    study_dir = Path(args.runs_dir) / re.sub(r"[^0-9A-Za-z_.-]", "_", study_name)
+    worker = Worker(args, script, space, fixed, study, study_dir, total_timesteps)
+
+    print(f"study {study_name!r} in {shown_storage}: {args.n_trials} trials of {script.given}, "
+          f"{total_timesteps:,} steps each, maximizing {args.objective}")
+    for flag, distribution in space.items():
+        print(f"  --{flag:<26} {distribution.spec()}")
+    for note in notes:
+        print(f"  ({note})")
+    try:
+        script.check(fixed)
+    except TuneError as error:  # a sampled value may still make it right, so only a warning
+        print(f"warning: with the script's defaults for the searched flags, {error}", file=sys.stderr)
+
+    log_filter = QuietHandledFailures(worker)
+    optimize_logger = logging.getLogger("optuna.study._optimize")
+    optimize_logger.addFilter(log_filter)
+    try:
+        worker.run()
+    finally:
+        optimize_logger.removeFilter(log_filter)
+
+    result = best_result(study, worker, shown_storage)
+    count = counts(study)
+    print(f"\nstudy {study_name!r}: {count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
+          f"{count[TrialState.FAIL]} failed")
+    if result is None:
+        print("no trial completed, so there are no best parameters yet")
+        return None
+    output = Path(args.output) if args.output else study_dir / "best.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f"{output.name}.{os.getpid()}.tmp")  # workers may write at the same time
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(temporary, output)
+    print(f"best: trial {result['trial']}, {args.objective} {result['value']:.2f}\n"
+          f"  {result['command']}\nwritten to {output}")
+    return result
+
+
+def main(argv: Optional[list[str]] = None) -> Optional[dict]:
+    """Parse `tune.py [FLAGS] [-- SCRIPT FLAGS]` and tune."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    tune_argv, fixed = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    return tune(tyro.cli(Args, args=tune_argv, description=help_text()), fixed)
+
+
+def help_text() -> str:
+    """--help: the module docstring's first paragraph, the examples, and the default search spaces."""
+    paragraphs = __doc__.split("\n\n")
+    summary, examples = paragraphs[0], next(text for text in paragraphs if text.startswith("    python"))
+    spaces = "\n".join(f"    {script}\n" + "\n".join(f"        {flag}={spec}" for flag, spec in space.items())
+                       for script, space in SEARCH_SPACES.items())
+    return (f"{summary}\n\n{examples}\n\nFlags after `--` go to every trial unchanged (and are not searched). "
+            f"Default search spaces, each entry replaceable with --space NAME=SPEC:\n\n{spaces}")
+
+
+if __name__ == "__main__":
+    def interrupt(signum, frame):  # `kill` ends a worker as Ctrl-C does: its trial is marked failed, its run stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        main()
+    except TuneError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the running trial is marked failed; run the same command again to resume the study")
