@@ -212,18 +212,25 @@ class QNetwork(nn.Module):
         On the CPU the same layers run in NumPy on zero-copy views of the parameters: for a handful of observations
         torch spends ~10 us dispatching each op, 4-5x the arithmetic. The optimizer and `load_state_dict` write the
         parameters in place, so the views always hold the current weights (a test checks this)."""
-        if self.network[0].weight.device.type != "cpu":
-            with torch.inference_mode():
-                obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=self.network[0].weight.device)
-                return self(obs_tensor).argmax(dim=1).cpu().numpy()
         if self._numpy_layers is None:
+            first_weight = self.network[0].weight
+            if first_weight.device.type != "cpu":
+                with torch.inference_mode():
+                    obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=first_weight.device)
+                    return self(obs_tensor).argmax(dim=1).cpu().numpy()
             linears = [layer for layer in self.network if isinstance(layer, nn.Linear)]
             self._numpy_layers = [(layer.weight.detach().numpy().T, layer.bias.detach().numpy()) for layer in linears]
         x = obs.astype(np.float32, copy=False)
         for weight_t, bias in self._numpy_layers[:-1]:
-            x = np.maximum(x @ weight_t + bias, 0.0)  # [B, hidden]
+            x = x @ weight_t  # [B, hidden]
+            x += bias
+            np.maximum(x, 0.0, out=x)
         weight_t, bias = self._numpy_layers[-1]
         return (x @ weight_t + bias).argmax(axis=1)  # [B]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._numpy_layers = None  # .to(), .cuda(), .double() replace the parameters: rebuild the views
+        return super()._apply(fn, *args, **kwargs)
 
 
 class ReplayBuffer:
@@ -503,7 +510,8 @@ def main(args: Args) -> dict:
                 actions = rng.integers(n_actions, size=args.num_envs)
             else:
                 actions = q_network.greedy_actions(obs)
-                actions[explore] = rng.integers(n_actions, size=int(explore.sum()))
+                if explore.any():
+                    actions[explore] = rng.integers(n_actions, size=int(explore.sum()))
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
             global_step += args.num_envs
 
@@ -621,8 +629,9 @@ def cli() -> Args:
     try:
         saved = torch.load(resume, map_location="cpu", weights_only=True)["args"]
         fields = {field.name for field in dataclasses.fields(Args)}
-        saved = {name: value for name, value in saved.items() if name in fields}
-        saved["hidden_sizes"] = tuple(saved["hidden_sizes"])
+        # JSON-like storage turned tuples into lists; fields this script no longer has are dropped
+        saved = {name: tuple(value) if isinstance(value, list) else value
+                 for name, value in saved.items() if name in fields}
         default = Args(**{**saved, "resume": resume})
     except Exception:  # unreadable: main() reports it properly
         return tyro.cli(Args)

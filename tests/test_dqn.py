@@ -115,6 +115,10 @@ def test_greedy_actions_match_torch_argmax_after_training_steps_and_loading():
     network.load_state_dict(other.state_dict())
     assert np.array_equal(network.greedy_actions(obs), torch_argmax())
     assert not np.array_equal(before, torch_argmax()) or not np.array_equal(network.greedy_actions(obs), before)
+    network.double().float()  # replaces the parameter tensors: the NumPy views must follow
+    with torch.no_grad():
+        network.network[0].weight.mul_(-1.0)
+    assert np.array_equal(network.greedy_actions(obs), torch_argmax())
 
 
 # --------------------------------------------------------------------------------------------------------- replay buffer
