@@ -52,7 +52,8 @@ import tyro
 from optuna.trial import TrialState
 
 # The default search space of each script, in the syntax of --space. Ranges bracket each script's own defaults, which
-# come from the papers and tuned sets its docstrings cite; widths are only searched where the script has --hidden-sizes.
+# come from the papers and tuned sets its docstrings cite (a test checks this); a width is searched only where the script
+# has --hidden-sizes (for dqn_atari.py, the width of the layer after the convolutions).
 SEARCH_SPACES: dict[str, dict[str, str]] = {
     "dqn.py": {
         "learning-rate": "log:1e-4:3e-3",
@@ -76,6 +77,7 @@ SEARCH_SPACES: dict[str, dict[str, str]] = {
         "batch-size": "choice:32,64",
         "target-network-frequency": "choice:1000,2000,4000,8000",
         "exploration-fraction": "uniform:0.05:0.2",
+        "hidden-sizes": "choice:256,512,1024",
     },
     "double_dueling_per_dqn.py": {
         "learning-rate": "log:5e-5:2e-3",
@@ -123,7 +125,8 @@ class Args:
     sampler_seed: Optional[int] = None
     """seed of the TPE sampler (None: random; give each worker a different one if you set it)"""
     threads: int = 1
-    """threads per trial (OMP_NUM_THREADS): one trial per core is the fastest way to use a CPU machine"""
+    """threads per trial (OMP_NUM_THREADS, and --torch-threads where the script has it): one trial per core is the
+    fastest way to use a CPU machine"""
     runs_dir: str = "runs/tune"
     """folder under which each study keeps its trials' runs (`{runs_dir}/{study}/trial_0007/...`) and best.json"""
     output: Optional[str] = None
@@ -506,8 +509,11 @@ class Worker:
     def trial_argv(self, params: dict, trial_dir: Path) -> list[str]:
         argv = [*self.fixed, *params_argv(params, self.space), "--seed", str(self.args.seed),
                 "--runs-dir", str(trial_dir)]
-        if self.script.has_flag("save-model") and not {"save-model", "no-save-model"} & set(flag_names(self.fixed)):
+        fixed = set(flag_names(self.fixed))
+        if self.script.has_flag("save-model") and not {"save-model", "no-save-model"} & fixed:
             argv.append("--no-save-model")  # checkpoints of every trial would fill the disk
+        if self.script.has_flag("torch-threads") and "torch-threads" not in fixed:
+            argv += ["--torch-threads", str(self.args.threads)]
         return argv
 
     def objective(self, trial: optuna.Trial) -> float:

@@ -232,6 +232,31 @@ def test_search_space_overrides_fixed_flags_and_scripts_without_widths(tmp_path)
         tune.build_space(tune.load_script(str(fake)), ("hidden-sizes=choice:64 64",), [])
 
 
+@pytest.mark.parametrize("name", list(tune.SEARCH_SPACES))
+def test_each_script_loads_with_a_search_space_around_its_own_defaults(name):
+    if not (ROOT / name).exists():
+        pytest.skip(f"{name} is not written yet")
+    script = tune.load_script(name)
+    space, notes = tune.build_space(script, (), [])
+    assert not notes, notes  # every flag of the script's space exists in the script
+    defaults = script.parse([])
+    for flag, distribution in space.items():
+        default = getattr(defaults, flag.replace("-", "_"))
+        if distribution.field_type is tuple:
+            default = sum(default)  # compare widths by their total
+            low, high = (min(sum(map(int, c.split())) for c in distribution.choices),
+                         max(sum(map(int, c.split())) for c in distribution.choices))
+        elif distribution.kind == "choice":
+            low, high = min(distribution.choices), max(distribution.choices)
+        else:
+            low, high = distribution.low, distribution.high
+        assert low <= default <= high, f"{name} --{flag} default {default} is outside {distribution.spec()}"
+    # a trial's flags pass the script's own parser and checks
+    trial = optuna.trial.FixedTrial({flag: d.choices[0] if d.kind == "choice" else d.low for flag, d in space.items()})
+    params = {flag: d.suggest(trial) for flag, d in space.items()}
+    script.check([*tune.params_argv(params, space), "--seed", "3", "--runs-dir", "runs"])
+
+
 def test_metrics_follower_reports_only_complete_evaluation_rows(tmp_path):
     run_dir = tmp_path / "trial" / "run"
     run_dir.mkdir(parents=True)
