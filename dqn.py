@@ -500,7 +500,8 @@ def main(args: Args) -> dict:
     start_step, start_time, last_print = global_step, time.perf_counter(), 0.0
     recent_returns: list[float] = []
     updates, status, eval_returns = 0, "finished", None
-    interactive = sys.stdout.isatty()
+    interactive = sys.stdout.isatty()  # a terminal: one progress line, redrawn in place
+    clear_line = "\r\x1b[K" if interactive else ""
     try:
         while global_step < args.total_timesteps:
             # act: epsilon-greedy, with no network call when every env explores
@@ -565,8 +566,8 @@ def main(args: Args) -> dict:
                 mean = float(np.mean(returns))
                 logger.log("eval/episodic_return", mean, global_step)
                 logger.log("eval/episodic_return_std", float(np.std(returns)), global_step)
-                print(f"{'' if not interactive else chr(13)}step {global_step:>9,}  eval return "
-                      f"{mean:9.2f} ± {np.std(returns):7.2f} over {len(returns)} episodes" + " " * 10, flush=True)
+                print(f"{clear_line}step {global_step:>9,}  eval return {mean:9.2f} ± {np.std(returns):7.2f} "
+                      f"over {len(returns)} episodes", flush=True)
                 if args.save_model:
                     if mean > best_eval_mean:
                         best_eval_mean = mean
@@ -585,7 +586,7 @@ def main(args: Args) -> dict:
                 recent = f"{np.mean(recent_returns):9.2f}" if recent_returns else "        -"
                 line = (f"step {global_step:>9,}/{args.total_timesteps:,}  SPS {sps:7,.0f}  epsilon {epsilon:5.3f}  "
                         f"return (last {len(recent_returns):2d}) {recent}")
-                print("\r" + line if interactive else line, end="" if interactive else "\n", flush=True)
+                print(clear_line + line, end="" if interactive else "\n", flush=True)
     except KeyboardInterrupt:
         status = "interrupted"
         print(f"\ninterrupted at step {global_step}", file=sys.stderr)
