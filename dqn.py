@@ -620,21 +620,25 @@ def main(args: Args) -> dict:
 
 
 def cli() -> Args:
-    """Parse the command line. With --resume, the checkpoint's settings are the defaults, so
+    """Parse the command line. With --resume or --eval-checkpoint, the checkpoint's settings are the defaults, so
     `python dqn.py --resume runs/<run>/checkpoint.pt` needs no other flag; flags given still override them."""
     argv = sys.argv[1:]
-    resume = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--resume"), None) or \
-        next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--resume=")), None)
-    if resume is None or not os.path.isfile(resume):
+    for flag in ["--resume", "--eval-checkpoint"]:
+        path = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag), None) or \
+            next((arg.split("=", 1)[1] for arg in argv if arg.startswith(flag + "=")), None)
+        if path is not None and os.path.isfile(path):
+            break
+    else:
         return tyro.cli(Args)
     try:
-        saved = torch.load(resume, map_location="cpu", weights_only=True)["args"]
+        saved = torch.load(path, map_location="cpu", weights_only=True)["args"]
         fields = {field.name for field in dataclasses.fields(Args)}
         # JSON-like storage turned tuples into lists; fields this script no longer has are dropped
         saved = {name: tuple(value) if isinstance(value, list) else value
                  for name, value in saved.items() if name in fields}
-        default = Args(**{**saved, "resume": resume})
-    except Exception:  # unreadable: main() reports it properly
+        saved |= {"resume": None, "eval_checkpoint": None, flag.lstrip("-").replace("-", "_"): path}
+        default = Args(**saved)
+    except Exception:  # unreadable, or not this script's: main() reports it properly
         return tyro.cli(Args)
     return tyro.cli(Args, default=default)
 

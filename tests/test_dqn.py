@@ -366,6 +366,15 @@ def test_every_flag_the_readme_mentions_for_dqn_exists():
     assert flags and flags <= known, flags - known
 
 
+def test_eval_checkpoint_on_the_command_line_takes_env_and_network_from_the_checkpoint(tmp_path):
+    summary = dqn.main(fast_args(tmp_path, env_id="Acrobot-v1", hidden_sizes=(16,), total_timesteps=600,
+                                 learning_starts=200, batch_size=32, eval_episodes=1))
+    result = run_script([sys.executable, "dqn.py", "--eval-checkpoint", str(Path(summary["run_dir"]) / "best.pt"),
+                         "--eval-episodes", "2"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Acrobot-v1: 2 episodes, return")
+
+
 # ------------------------------------------------------------------------------------------------------------- learning
 
 def test_default_config_solves_cartpole(tmp_path):
