@@ -784,4 +784,5 @@ if __name__ == "__main__":
     except TuneError as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
-        sys.exit("interrupted: the running trial is marked failed; run the same command again to resume the study")
+        sys.exit("interrupted: run the same command again to resume the study (the trial this worker was running, "
+                 "if any, is marked failed and does not count)")
