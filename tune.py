@@ -79,13 +79,14 @@ SEARCH_SPACES: dict[str, dict[str, str]] = {
         "exploration-fraction": "uniform:0.05:0.2",
         "hidden-sizes": "choice:256,512,1024",
     },
-    "double_dueling_per_dqn.py": {
+    "double_dueling_per_dqn.py": {  # LunarLander-v3 by default, as dqn_lunar.py, plus the prioritization exponent
         "learning-rate": "log:5e-5:2e-3",
         "gamma": "choice:0.98,0.99,0.995,0.999",
-        "batch-size": "choice:32,64,128,256",
+        "batch-size": "choice:64,128,256",
         "target-network-frequency": "choice:250,500,1000,2000,5000",
-        "exploration-fraction": "uniform:0.05:0.5",
+        "exploration-fraction": "uniform:0.05:0.3",
         "hidden-sizes": "choice:64 64,128 128,256 256",
+        "alpha": "uniform:0.4:0.8",
     },
 }
 # Flags the tuner sets itself for every trial (or that make no sense in a trial).
