@@ -57,6 +57,8 @@ class Args:
     """set `torch.backends.cudnn.deterministic`, so GPU runs repeat as closely as cuDNN allows"""
     cuda: bool = False
     """use the GPU when one is available (a warning and the CPU otherwise)"""
+    torch_threads: int = 1
+    """CPU threads for torch ops; 1 does not collapse on a busy CPU, 0 keeps torch's default (one per core)"""
     track: bool = False
     """log the run to Weights & Biases as well (set WANDB_MODE=offline to log locally only)"""
     wandb_project_name: str = "dqn"
@@ -137,6 +139,8 @@ class ConfigError(ValueError):
 def check_args(args: Args) -> None:
     """Raise ConfigError naming every inconsistent setting, before any env is built or file written."""
     problems = []
+    if args.torch_threads < 0:
+        problems.append(f"--torch-threads must be >= 0 (got {args.torch_threads})")
     positive = ["total_timesteps", "num_envs", "buffer_size", "batch_size", "target_network_frequency",
                 "train_frequency", "gradient_steps", "eval_frequency", "eval_episodes"]
     problems += [f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})"
@@ -224,8 +228,8 @@ def make_env(env_id: str, terminal_on_life_loss: bool, noop_max: int = 30, video
 class QNetwork(nn.Module):
     """The Nature CNN (Mnih et al. 2015): uint8 frame stacks [B, 4, 84, 84] -> one Q-value per action [B, A].
 
-    The convolutions run in channels-last memory order, which oneDNN computes faster on the CPU (see the README's speed
-    figures); the arithmetic, and the parameters' values and shapes, are those of the usual NCHW network."""
+    Plain fp32 eager PyTorch: channels-last memory, bf16 autocast and torch.compile made the update no cheaper on the
+    CPU this was measured on (benchmarks/sps_atari.py; figures in the README)."""
 
     def __init__(self, n_actions: int, hidden_sizes: tuple[int, ...] = (512,)):
         super().__init__()
@@ -239,11 +243,10 @@ class QNetwork(nn.Module):
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]
         layers.append(nn.Linear(sizes[-1], n_actions))
-        self.network = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        self.network = nn.Sequential(*layers)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float().mul_(1.0 / 255.0).contiguous(memory_format=torch.channels_last)  # [B, 4, 84, 84] in [0, 1]
-        return self.network(x)  # [B, A]
+        return self.network(obs.float() / 255.0)  # [B, 4, 84, 84] uint8 -> [0, 1] -> [B, A]
 
     def greedy_actions(self, obs: np.ndarray) -> np.ndarray:
         """argmax_a Q(obs, a) for a NumPy batch of frame stacks [B, 4, 84, 84] uint8 -> [B]."""
@@ -515,7 +518,7 @@ def evaluate_checkpoint(args: Args) -> dict:
     q_network = QNetwork(n_actions, tuple(saved["hidden_sizes"])).to(device)
     q_network.load_state_dict(checkpoint["q_network"])
     video_dir = str(Path(args.eval_checkpoint).parent / "videos") if args.capture_video else None
-    eval_env = make_env(args.env_id, False, saved["noop_max"], video_dir,
+    eval_env = make_env(args.env_id, False, args.noop_max, video_dir,
                         f"eval-checkpoint-step{checkpoint['global_step']}")
     returns = evaluate(q_network, eval_env, args.eval_episodes, args.eval_epsilon, args.seed)
     summary = {"checkpoint": args.eval_checkpoint, "global_step": checkpoint["global_step"],
@@ -532,10 +535,49 @@ def main(args: Args) -> dict:
     obs_shape, n_actions = env_spaces(args.env_id)
     checkpoint = load_checkpoint(args.resume, args.env_id) if args.resume else None
     device = choose_device(args.cuda)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
 
+    seed_everything(args.seed, args.torch_deterministic)
+    rng = np.random.default_rng(args.seed)
+    q_network = QNetwork(n_actions, args.hidden_sizes).to(device)
+    target_network = QNetwork(n_actions, args.hidden_sizes).to(device)
+    target_network.load_state_dict(q_network.state_dict())
+    # fused Adam updates all parameters in one kernel: cheaper per update on the CPU than the default
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
+    replay_buffer = FrameReplayBuffer(args.buffer_size, args.num_envs, device,
+                                      device if args.replay_on_gpu else torch.device("cpu"))
+    global_step, best_eval_mean, replay_loaded = 0, -math.inf, False
+    if checkpoint is not None:
+        try:
+            q_network.load_state_dict(checkpoint["q_network"])
+            target_network.load_state_dict(checkpoint["target_network"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError) as error:
+            raise ConfigError(f"{args.resume!r} does not fit these settings "
+                              f"(different --hidden-sizes?): {error}") from None
+        global_step, best_eval_mean = checkpoint["global_step"], checkpoint["best_eval_mean"]
+        if global_step >= args.total_timesteps:
+            raise ConfigError(f"{args.resume!r} is already at step {global_step:,}; "
+                              f"pass a larger --total-timesteps to train further")
+        rng.bit_generator.state = checkpoint["rng"]["numpy"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        replay_path = Path(args.resume).parent / "replay.pt"
+        if checkpoint.get("replay_file") and replay_path.exists():
+            try:  # mmap: the saved frames are copied into the ring without a second copy in memory
+                replay = torch.load(replay_path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as error:
+                raise ConfigError(f"cannot read {str(replay_path)!r} (truncated or corrupted?): {error}") from None
+            if replay.get("global_step") == global_step:  # else a crash came between the two writes: too new
+                replay_buffer.load_state_dict(replay["replay_buffer"])
+                replay_loaded = True
+            del replay
+
+    # nothing is written before this point, so a refused setting leaves no trace
     if checkpoint is not None:
         run_dir = Path(args.resume).parent
-        truncate_metrics(run_dir / "metrics.csv", checkpoint["global_step"])
+        truncate_metrics(run_dir / "metrics.csv", global_step)
+        print(f"resuming {run_dir} at step {global_step:,}" + ("" if replay_loaded else " with an empty replay buffer"))
     else:
         safe_env_id = args.env_id.replace("/", "-").replace(":", "-")
         run_dir = Path(args.runs_dir) / f"{safe_env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -551,40 +593,9 @@ def main(args: Args) -> dict:
                                id=run_dir.name.replace(".", "-"), resume="allow", dir=str(run_dir),
                                config=dataclasses.asdict(args))
     logger = RunLogger(run_dir / "metrics.csv", wandb_run)
-
-    seed_everything(args.seed, args.torch_deterministic)
-    rng = np.random.default_rng(args.seed)
     vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
     envs = vector_env([make_env(args.env_id, args.terminal_on_life_loss, args.noop_max) for _ in range(args.num_envs)],
                       autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    q_network = QNetwork(n_actions, args.hidden_sizes).to(device)
-    target_network = QNetwork(n_actions, args.hidden_sizes).to(device)
-    target_network.load_state_dict(q_network.state_dict())
-    # fused Adam updates all parameters in one kernel: cheaper per update on the CPU than the default
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
-    replay_buffer = FrameReplayBuffer(args.buffer_size, args.num_envs, device,
-                                      device if args.replay_on_gpu else torch.device("cpu"))
-    global_step, best_eval_mean = 0, -math.inf
-    if checkpoint is not None:
-        try:
-            q_network.load_state_dict(checkpoint["q_network"])
-            target_network.load_state_dict(checkpoint["target_network"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        except (RuntimeError, ValueError) as error:
-            raise ConfigError(f"{args.resume!r} does not fit these settings "
-                              f"(different --hidden-sizes?): {error}") from None
-        global_step, best_eval_mean = checkpoint["global_step"], checkpoint["best_eval_mean"]
-        rng.bit_generator.state = checkpoint["rng"]["numpy"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        replay_path = run_dir / "replay.pt"
-        replay_loaded = False
-        if checkpoint.get("replay_file") and replay_path.exists():
-            replay = torch.load(replay_path, map_location="cpu", weights_only=True, mmap=True)
-            if replay.get("global_step") == global_step:  # else the crash came between the two writes: too new
-                replay_buffer.load_state_dict(replay["replay_buffer"])
-                replay_loaded = True
-            del replay
-        print(f"resuming {run_dir} at step {global_step}" + ("" if replay_loaded else " with an empty replay buffer"))
 
     def checkpoint_state() -> dict:
         return {"script": SCRIPT, "env_id": args.env_id, "args": dataclasses.asdict(args), "global_step": global_step,
@@ -594,8 +605,8 @@ def main(args: Args) -> dict:
                 "replay_file": "replay.pt" if args.save_replay else None}
 
     def save_latest() -> None:
-        """checkpoint.pt, and with --save-replay replay.pt first: a crash between the two leaves a replay newer than
-        the checkpoint, which a resume recognises by its global_step and ignores."""
+        """checkpoint.pt, and with --save-replay replay.pt before it: a crash between the two leaves a replay newer
+        than the checkpoint, which a resume recognises by its global_step and ignores."""
         if args.save_replay:
             save_checkpoint(run_dir / "replay.pt", {"global_step": global_step,
                                                     "replay_buffer": replay_buffer.state_dict()})
@@ -615,7 +626,8 @@ def main(args: Args) -> dict:
     start_step, start_time, last_print = global_step, time.perf_counter(), 0.0
     recent_returns: list[float] = []
     updates, status, eval_returns = 0, "finished", None
-    interactive = sys.stdout.isatty()
+    interactive = sys.stdout.isatty()  # a terminal: one progress line, redrawn in place
+    clear_line = "\r\x1b[K" if interactive else ""
     try:
         while global_step < args.total_timesteps:
             # act: epsilon-greedy, with no network call when every env explores
@@ -625,12 +637,13 @@ def main(args: Args) -> dict:
                 actions = rng.integers(n_actions, size=args.num_envs)
             else:
                 actions = q_network.greedy_actions(obs)
-                actions[explore] = rng.integers(n_actions, size=int(explore.sum()))
+                if explore.any():
+                    actions[explore] = rng.integers(n_actions, size=int(explore.sum()))
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
             global_step += args.num_envs
 
             # log finished games; SAME_STEP autoreset reports them, and the true final obs, in final_info/final_obs.
-            # A lost life ends the training episode but not the game, so final_info may hold no "episode".
+            # A lost life ends the training episode but not the game: then final_info holds no "episode"
             real_next_obs = next_obs
             if "_final_obs" in infos:
                 real_next_obs = next_obs.copy()  # next_obs already holds the reset obs of the finished envs
@@ -644,7 +657,7 @@ def main(args: Args) -> dict:
                         logger.log("charts/episodic_length", float(episodes["l"][i]), global_step)
 
             # store: a truncated episode keeps termination 0, so its target bootstraps from the true final obs;
-            # the reset obs of finished envs begin their next episodes
+            # the reset obs of the finished envs begin their next episodes
             replay_buffer.add(real_next_obs, actions, rewards, terminations)
             dones = np.logical_or(terminations, truncations)
             if dones.any():
@@ -679,14 +692,14 @@ def main(args: Args) -> dict:
                 if multiples_passed(global_step, args.num_envs, args.target_network_frequency):
                     update_target(target_network, q_network, args.tau)
 
-            # evaluate, checkpoint, maybe stop
-            if multiples_passed(global_step, args.num_envs, args.eval_frequency):
-                returns = run_evaluation()
+            # evaluate, checkpoint, maybe stop; the last iteration's evaluation is the final one
+            if multiples_passed(global_step, args.num_envs, args.eval_frequency) or global_step >= args.total_timesteps:
+                returns = eval_returns = run_evaluation()
                 mean = float(np.mean(returns))
                 logger.log("eval/episodic_return", mean, global_step)
                 logger.log("eval/episodic_return_std", float(np.std(returns)), global_step)
-                print(f"{'' if not interactive else chr(13)}step {global_step:>9,}  eval return "
-                      f"{mean:9.2f} ± {np.std(returns):7.2f} over {len(returns)} episodes" + " " * 10, flush=True)
+                print(f"{clear_line}step {global_step:>9,}  eval return {mean:9.2f} ± {np.std(returns):7.2f} "
+                      f"over {len(returns)} episodes", flush=True)
                 if args.save_model:
                     if mean > best_eval_mean:
                         best_eval_mean = mean
@@ -694,7 +707,7 @@ def main(args: Args) -> dict:
                     save_latest()
                 best_eval_mean = max(best_eval_mean, mean)
                 if args.target_return is not None and mean >= args.target_return:
-                    status, eval_returns = "target_reached", returns
+                    status = "target_reached"
                     print(f"evaluation mean {mean:.2f} reached --target-return {args.target_return}: stopping")
                     break
 
@@ -705,7 +718,7 @@ def main(args: Args) -> dict:
                 recent = f"{np.mean(recent_returns):9.2f}" if recent_returns else "        -"
                 line = (f"step {global_step:>9,}/{args.total_timesteps:,}  SPS {sps:7,.0f}  epsilon {epsilon:5.3f}  "
                         f"return (last {len(recent_returns):2d}) {recent}")
-                print("\r" + line if interactive else line, end="" if interactive else "\n", flush=True)
+                print(clear_line + line, end="" if interactive else "\n", flush=True)
     except KeyboardInterrupt:
         status = "interrupted"
         print(f"\ninterrupted at step {global_step}", file=sys.stderr)
@@ -714,20 +727,11 @@ def main(args: Args) -> dict:
 
     wall_time = time.perf_counter() - start_time
     if status == "interrupted":
+        eval_returns = None  # an evaluation of an earlier step is not this run's result
         if args.save_model:
             save_latest()
             print(f"saved {run_dir / 'checkpoint.pt'}; continue with: python {SCRIPT}.py --resume "
                   f"{run_dir / 'checkpoint.pt'}", file=sys.stderr)
-    else:
-        if eval_returns is None:
-            eval_returns = run_evaluation()
-            logger.log("eval/episodic_return", float(np.mean(eval_returns)), global_step)
-            logger.log("eval/episodic_return_std", float(np.std(eval_returns)), global_step)
-        if args.save_model:
-            if float(np.mean(eval_returns)) > best_eval_mean:
-                best_eval_mean = float(np.mean(eval_returns))
-                save_checkpoint(run_dir / "best.pt", checkpoint_state())
-            save_latest()
     summary = {"script": SCRIPT, "env_id": args.env_id, "seed": args.seed, "status": status,
                "global_step": global_step, "wall_time_s": round(wall_time, 2),
                "sps": round((global_step - start_step) / wall_time, 1),
@@ -748,20 +752,25 @@ def main(args: Args) -> dict:
 
 
 def cli() -> Args:
-    """Parse the command line. With --resume, the checkpoint's settings are the defaults, so
+    """Parse the command line. With --resume or --eval-checkpoint, the checkpoint's settings are the defaults, so
     `python dqn.py --resume runs/<run>/checkpoint.pt` needs no other flag; flags given still override them."""
     argv = sys.argv[1:]
-    resume = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--resume"), None) or \
-        next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--resume=")), None)
-    if resume is None or not os.path.isfile(resume):
+    for flag in ["--resume", "--eval-checkpoint"]:
+        path = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag), None) or \
+            next((arg.split("=", 1)[1] for arg in argv if arg.startswith(flag + "=")), None)
+        if path is not None and os.path.isfile(path):
+            break
+    else:
         return tyro.cli(Args)
     try:
-        saved = torch.load(resume, map_location="cpu", weights_only=True)["args"]
+        saved = torch.load(path, map_location="cpu", weights_only=True)["args"]
         fields = {field.name for field in dataclasses.fields(Args)}
-        saved = {name: value for name, value in saved.items() if name in fields}
-        saved["hidden_sizes"] = tuple(saved["hidden_sizes"])
-        default = Args(**{**saved, "resume": resume})
-    except Exception:  # unreadable: main() reports it properly
+        # JSON-like storage turned tuples into lists; fields this script no longer has are dropped
+        saved = {name: tuple(value) if isinstance(value, list) else value
+                 for name, value in saved.items() if name in fields}
+        saved |= {"resume": None, "eval_checkpoint": None, flag.lstrip("-").replace("-", "_"): path}
+        default = Args(**saved)
+    except Exception:  # unreadable, or not this script's: main() reports it properly
         return tyro.cli(Args)
     return tyro.cli(Args, default=default)
 
@@ -771,3 +780,5 @@ if __name__ == "__main__":
         main(cli())
     except ConfigError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:  # during set-up, before the training loop handles it
+        sys.exit("interrupted")

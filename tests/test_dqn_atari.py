@@ -149,3 +149,150 @@ def test_frame_replay_rebuilds_obs_and_next_obs_byte_identical_across_episodes_t
         assert np.array_equal(b_obs[k].numpy(), true_obs) and np.array_equal(b_next_obs[k].numpy(), true_next_obs)
         assert b_actions[k] == action and b_rewards[k] == np.float32(reward) and b_terminations[k] == termination
     envs.close()
+
+
+@pytest.mark.parametrize("env_id", ["PongNoFrameskip-v4", "BreakoutNoFrameskip-v4"])
+def test_frame_replay_is_byte_identical_on_real_atari_with_life_losses_and_truncation(env_id):
+    """Real SB3-wrapped games, 2 envs, episodic life (Breakout loses lives), a 45-step time limit for truncations."""
+    def thunk():
+        return gym.wrappers.TimeLimit(make_env(env_id, terminal_on_life_loss=True)(), max_episode_steps=45)
+
+    envs = gym.vector.SyncVectorEnv([thunk, thunk], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    replay_buffer = FrameReplayBuffer(2 * 120, 2, torch.device("cpu"))
+    recorder = Recorder(envs, replay_buffer, seed=3)
+    for _ in range(3):
+        recorder.run(100)
+        assert_rebuilds_every_transition(replay_buffer, recorder.truth)
+    assert replay_buffer.written.min() > replay_buffer.slots, "the ring did not wrap around"
+    assert recorder.truncations >= 2
+    if env_id.startswith("Breakout"):
+        assert recorder.terminations >= 2, "no life was lost"
+    envs.close()
+
+
+def test_frame_replay_stores_each_frame_once_within_7200_bytes_per_transition():
+    replay_buffer = FrameReplayBuffer(10_000, 4, torch.device("cpu"))
+    assert replay_buffer.frames.nbytes == 10_000 * 84 * 84  # one 84x84 frame per slot, no stacks, no next_obs copy
+    assert replay_buffer.nbytes() / 10_000 <= 7200
+
+
+def test_nature_cnn_maps_a_batch_of_uint8_stacks_to_one_q_value_per_action():
+    q_network = QNetwork(n_actions=6)
+    obs = np.random.default_rng(0).integers(0, 256, size=(5, FRAME_STACK, 84, 84), dtype=np.uint8)
+    q_values = q_network(torch.from_numpy(obs))
+    assert q_values.shape == (5, 6) and q_values.dtype == torch.float32
+    # Mnih et al. 2015: 32 8x8/4, 64 4x4/2, 64 3x3/1, 512 units, one output per action
+    expected = (4 * 32 * 64 + 32) + (32 * 64 * 16 + 64) + (64 * 64 * 9 + 64) + (3136 * 512 + 512) + (512 * 6 + 6)
+    assert sum(p.numel() for p in q_network.parameters()) == expected
+    actions = q_network.greedy_actions(obs)
+    assert actions.shape == (5,) and np.array_equal(actions, q_values.argmax(dim=1).numpy())
+
+
+def wrapper_chain(env: gym.Env) -> list[str]:
+    names = []
+    while isinstance(env, gym.Wrapper):
+        names.append(type(env).__name__)
+        env = env.env
+    return names + [type(env).__name__]
+
+
+def test_evaluation_env_plays_full_games_and_reports_the_raw_score():
+    training_env = make_env("BreakoutNoFrameskip-v4", terminal_on_life_loss=True)()
+    eval_env = make_env("BreakoutNoFrameskip-v4", terminal_on_life_loss=False)()
+    assert "EpisodicLifeEnv" in wrapper_chain(training_env)
+    assert "EpisodicLifeEnv" not in wrapper_chain(eval_env)
+    # RecordEpisodeStatistics sits right on the emulator: nothing below it clips rewards or cuts episodes
+    below = wrapper_chain(eval_env)[wrapper_chain(eval_env).index("RecordEpisodeStatistics") + 1:]
+    assert set(below) <= {"OrderEnforcing", "PassiveEnvChecker", "AtariEnv"}, below
+    assert eval_env.observation_space.shape == (FRAME_STACK, 84, 84)
+    training_env.close()
+
+    class EndOfEpisode(gym.Wrapper):
+        """Remember the lives left and the raw rewards summed when an episode ends."""
+        ends: list = []
+
+        def reset(self, **kwargs):
+            self.raw_return = 0.0
+            return self.env.reset(**kwargs)
+
+        def step(self, action):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                EndOfEpisode.ends.append((self.env.unwrapped.ale.lives(), info["episode"]["r"]))
+            return obs, reward, terminated, truncated, info
+
+    returns = dqn_atari.evaluate(QNetwork(4), lambda: EndOfEpisode(eval_env), n_episodes=1, epsilon=1.0, seed=0)
+    assert len(EndOfEpisode.ends) == 1
+    lives_left, episode_return = EndOfEpisode.ends[0]
+    assert lives_left == 0, "evaluation ended an episode at a lost life, not at game over"
+    assert returns == [float(episode_return)]
+
+
+@pytest.mark.parametrize("env_id, message", [("CartPole-v1", "needs an Atari env"),
+                                             ("FooNoFrameskip-v4", "doesn't exist")])
+def test_non_atari_or_unknown_game_is_a_config_error(env_id, message):
+    with pytest.raises(ConfigError, match=message):
+        env_spaces(env_id)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "FooNoFrameskip-v4"])
+def test_cli_reports_bad_env_in_one_line_without_traceback_or_files(env_id, tmp_path):
+    runs_dir = tmp_path / "runs"
+    result = subprocess.run([sys.executable, str(ROOT / "dqn_atari.py"), "--env-id", env_id, "--runs-dir",
+                             str(runs_dir)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and env_id in errors[0] and result.stderr.strip().endswith(errors[0])
+    assert not runs_dir.exists()
+
+
+def test_checkpoints_of_other_scripts_or_games_are_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"script": "dqn", "env_id": "CartPole-v1"}, path)
+    with pytest.raises(ConfigError, match="not a dqn_atari.py checkpoint"):
+        load_checkpoint(str(path), "PongNoFrameskip-v4")
+    torch.save({"script": "dqn_atari", "env_id": "BreakoutNoFrameskip-v4"}, path)
+    with pytest.raises(ConfigError, match="trained on BreakoutNoFrameskip-v4"):
+        load_checkpoint(str(path), "PongNoFrameskip-v4")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_smoke_run_on_pong_writes_run_files_then_resumes_with_its_replay(tmp_path, monkeypatch):
+    settings = dict(env_id="PongNoFrameskip-v4", runs_dir=str(tmp_path), buffer_size=4000, learning_starts=1000,
+                    eval_frequency=1000, eval_episodes=1, save_replay=True)
+    summary = main(Args(total_timesteps=1500, **settings))
+    run_dir = Path(summary["run_dir"])
+    assert run_dir.parent == tmp_path
+    for name in ["args.json", "metrics.csv", "summary.json", "checkpoint.pt", "best.pt", "replay.pt"]:
+        assert (run_dir / name).exists(), name
+    assert json.loads((run_dir / "args.json").read_text())["buffer_size"] == 4000
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["global_step"] == 1500 and saved["status"] == "finished"
+    assert -21 <= saved["eval_mean"] <= 21 and len(saved["eval_returns"]) == 1
+    rows = read_metrics(run_dir / "metrics.csv")
+    names = {row["name"] for row in rows}
+    assert {"charts/episodic_return", "charts/episodic_length", "charts/epsilon", "charts/SPS", "losses/td_loss",
+            "losses/q_values", "eval/episodic_return"} <= names
+    assert all(math.isfinite(float(row["value"])) for row in rows)
+    # a random Pong game is lost 21 points to at most a few: a raw, unclipped, whole-game score
+    assert all(-21 <= float(row["value"]) <= -15 for row in rows if row["name"] == "charts/episodic_return")
+    frames_before = saved["replay_frames"]
+
+    # `--resume` alone restores the checkpoint's settings (cli) and the replay (replay.pt)
+    monkeypatch.setattr(sys, "argv", ["dqn_atari.py", "--resume", str(run_dir / "checkpoint.pt"),
+                                      "--total-timesteps", "1700"])
+    args = dqn_atari.cli()
+    assert args.buffer_size == 4000 and args.save_replay and args.total_timesteps == 1700
+    resumed = main(args)
+    assert resumed["run_dir"] == str(run_dir) and resumed["global_step"] == 1700
+    assert resumed["replay_frames"] >= frames_before + 200 + 1, "the saved replay was not restored"
+    steps = [int(row["global_step"]) for row in read_metrics(run_dir / "metrics.csv")]
+    assert max(steps) == 1700
+
+    evaluated = main(Args(env_id="PongNoFrameskip-v4", eval_checkpoint=str(run_dir / "best.pt"), eval_episodes=1))
+    assert evaluated["global_step"] in (1000, 1500) and -21 <= evaluated["eval_mean"] <= 21
