@@ -401,7 +401,7 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
         return slots
 
-    def sample_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    def uniform_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """Uniform sample with replacement of filled slots [B]."""
         return rng.integers(0, self.size, size=batch_size)
 
@@ -474,7 +474,8 @@ class SumTree:
 
     Node 1 is the root, node k has the children 2k and 2k + 1, and leaf i is node `leaves + i`, where `leaves` is the
     capacity rounded up to a power of two (the extra leaves stay 0), so that every leaf is `depth` levels down. Inner
-    nodes are recomputed as the sum of their children, never adjusted by differences, so rounding errors do not pile up."""
+    nodes are recomputed as the sum of their children, never adjusted by differences, so rounding errors do not pile up.
+    Every step works in place on arrays of B elements: NumPy's per-call cost, not arithmetic, is what a batch pays."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
@@ -491,23 +492,26 @@ class SumTree:
 
     def update(self, indices: np.ndarray, priorities: np.ndarray) -> None:
         """Set the leaves `indices` [B] (each index once) to `priorities` [B] and recompute their ancestors."""
-        nodes = np.asarray(indices, dtype=np.int64) + self.leaves
+        nodes = np.asarray(indices, dtype=np.int64) + self.leaves  # [B]
         self.nodes[nodes] = priorities
         for _ in range(self.depth):
-            nodes = nodes >> 1  # the parents; a parent shared by several nodes gets the same sum written repeatedly
-            self.nodes[nodes] = self.nodes[2 * nodes] + self.nodes[2 * nodes + 1]
+            nodes >>= 1  # the parents; a parent shared by several nodes gets the same sum written repeatedly
+            left = nodes << 1
+            self.nodes[nodes] = self.nodes[left] + self.nodes[left + 1]
 
     def find(self, prefix_sums: np.ndarray) -> np.ndarray:
-        """For each s in `prefix_sums` [B], with 0 <= s < total, the leaf i with p_0 + ... + p_i-1 <= s < p_0 + ... + p_i.
-        Only leaves with a positive priority are returned, even for an s rounded up to the total."""
-        values = np.array(prefix_sums, dtype=np.float64)
-        nodes = np.ones(len(values), dtype=np.int64)
+        """For each s in `prefix_sums` [B], 0 <= s < total, the leaf i with p_0 + ... + p_i-1 <= s < p_0 + ... + p_i
+        (so never a leaf of priority 0), found from the root: go right, less the left sum, if s >= the left sum.
+        In floating point an s within a few ulps of a subtree's sum may end on an empty leaf at that subtree's right end;
+        `PrioritizedSampler.sample` draws such an s again."""
+        values = np.array(prefix_sums, dtype=np.float64)  # [B]
+        nodes = np.ones(len(values), dtype=np.int64)  # [B]
         for _ in range(self.depth):
-            left = 2 * nodes
-            left_sums = self.nodes[left]
-            go_right = (values >= left_sums) & (self.nodes[left + 1] > 0)  # [B]
-            values -= np.where(go_right, left_sums, 0.0)
-            nodes = left + go_right
+            nodes <<= 1  # the left children
+            left_sums = self.nodes[nodes]
+            go_right = values >= left_sums
+            values -= left_sums * go_right
+            nodes += go_right
         return nodes - self.leaves
 
 
@@ -537,8 +541,12 @@ class PrioritizedSampler:
         total = self.tree.total
         prefix_sums = (np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size)  # [B]
         indices = self.tree.find(prefix_sums)
-        probabilities = self.tree.priorities(indices) / total  # [B]
-        return indices, importance_weights(probabilities, n, beta)
+        priorities = self.tree.priorities(indices)  # [B]
+        while not priorities.all():  # a draw that rounding carried onto an empty leaf (see SumTree.find): again
+            empty = priorities == 0
+            indices[empty] = self.tree.find(rng.random(int(empty.sum())) * total)
+            priorities = self.tree.priorities(indices)
+        return indices, importance_weights(priorities / total, n, beta)
 
     def update(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """After a replay: p_i = |delta_i| + epsilon for the replayed transitions [B] (a transition drawn twice in a
@@ -1139,21 +1147,25 @@ def main(args: Args) -> dict:
 
 
 def cli() -> Args:
-    """Parse the command line. With --resume, the checkpoint's settings are the defaults, so
+    """Parse the command line. With --resume or --eval-checkpoint, the checkpoint's settings are the defaults, so
     `python dqn.py --resume runs/<run>/checkpoint.pt` needs no other flag; flags given still override them."""
     argv = sys.argv[1:]
-    resume = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--resume"), None) or \
-        next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--resume=")), None)
-    if resume is None or not os.path.isfile(resume):
+    for flag in ["--resume", "--eval-checkpoint"]:
+        path = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag), None) or \
+            next((arg.split("=", 1)[1] for arg in argv if arg.startswith(flag + "=")), None)
+        if path is not None and os.path.isfile(path):
+            break
+    else:
         return tyro.cli(Args)
     try:
-        saved = torch.load(resume, map_location="cpu", weights_only=True)["args"]
+        saved = torch.load(path, map_location="cpu", weights_only=True)["args"]
         fields = {field.name for field in dataclasses.fields(Args)}
         # JSON-like storage turned tuples into lists; fields this script no longer has are dropped
         saved = {name: tuple(value) if isinstance(value, list) else value
                  for name, value in saved.items() if name in fields}
-        default = Args(**{**saved, "resume": resume})
-    except Exception:  # unreadable: main() reports it properly
+        saved |= {"resume": None, "eval_checkpoint": None, flag.lstrip("-").replace("-", "_"): path}
+        default = Args(**saved)
+    except Exception:  # unreadable, or not this script's: main() reports it properly
         return tyro.cli(Args)
     return tyro.cli(Args, default=default)
 
