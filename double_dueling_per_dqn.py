@@ -319,13 +319,11 @@ class QNetwork(nn.Module):
         # with the dueling head, advantage_head gives A(s, .) and value_head V(s); without, advantage_head gives Q(s, .)
         self.advantage_head = head(n_actions)
         self.value_head = head(1) if dueling else None
-        if self.atari:  # channels-last convolutions are faster on the CPU (dqn_atari.py)
-            self.torso.to(memory_format=torch.channels_last)
         self._numpy_layers: Optional[list[tuple[np.ndarray, np.ndarray]]] = None
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         if self.atari:
-            obs = obs.float().mul_(1.0 / 255.0).contiguous(memory_format=torch.channels_last)  # [B, 4, 84, 84]
+            obs = obs.float() / 255.0  # [B, 4, 84, 84] uint8 -> [0, 1]
         return self.torso(obs)  # [B, hidden]
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -888,7 +886,7 @@ def evaluate_checkpoint(args: Args) -> dict:
     q_network = QNetwork(obs_shape, n_actions, tuple(saved["hidden_sizes"]), saved["dueling"])
     q_network.load_state_dict(checkpoint["q_network"])
     video_dir = str(Path(args.eval_checkpoint).parent / "videos") if args.capture_video else None
-    eval_env = make_eval_env(args.env_id, saved["noop_max"], video_dir,
+    eval_env = make_eval_env(args.env_id, args.noop_max, video_dir,
                              f"eval-checkpoint-step{checkpoint['global_step']}")
     returns = evaluate(q_network, eval_env, args.eval_episodes, args.eval_epsilon, args.seed)
     summary = {"checkpoint": args.eval_checkpoint, "global_step": checkpoint["global_step"],
@@ -968,13 +966,16 @@ def main(args: Args) -> dict:
     envs = gym.vector.SyncVectorEnv([env_thunk for _ in range(args.num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
-    def checkpoint_state() -> dict:
+    def checkpoint_state(with_replay: bool = True) -> dict:
+        """The run's state; with --save-replay also its replay and priorities, but never in best.pt, a policy
+        snapshot (an Atari replay takes gigabytes)."""
+        with_replay = with_replay and args.save_replay
         return {"script": SCRIPT, "env_id": args.env_id, "args": dataclasses.asdict(args), "global_step": global_step,
                 "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
                 "optimizer": optimizer.state_dict(), "best_eval_mean": best_eval_mean,
                 "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
-                "replay_buffer": replay_buffer.state_dict() if args.save_replay else None,
-                "priorities": sampler.state_dict() if args.save_replay and sampler is not None else None}
+                "replay_buffer": replay_buffer.state_dict() if with_replay else None,
+                "priorities": sampler.state_dict() if with_replay and sampler is not None else None}
 
     def run_evaluation() -> list[float]:
         video_dir = str(run_dir / "videos") if args.capture_video else None
@@ -986,6 +987,8 @@ def main(args: Args) -> dict:
     every_env = np.arange(args.num_envs)
     if atari:
         replay_buffer.start_episodes(obs, every_env)
+        if sampler is not None:  # a resumed full ring loses its oldest replayable transitions to these frames
+            sampler.remove(replay_buffer.stale_indices(every_env))
     # learning starts only once the buffer holds `learning_starts` transitions of this process
     learning_starts_at = global_step + (args.learning_starts if replay_buffer.size < args.learning_starts else 0)
     exploration_steps = args.exploration_fraction * args.total_timesteps
@@ -1098,7 +1101,7 @@ def main(args: Args) -> dict:
                 if args.save_model:
                     if mean > best_eval_mean:
                         best_eval_mean = mean
-                        save_checkpoint(run_dir / "best.pt", checkpoint_state())
+                        save_checkpoint(run_dir / "best.pt", checkpoint_state(with_replay=False))
                     save_checkpoint(run_dir / "checkpoint.pt", checkpoint_state())
                 best_eval_mean = max(best_eval_mean, mean)
                 if args.target_return is not None and mean >= args.target_return:
