@@ -128,11 +128,14 @@ def assert_rebuilds_every_transition(replay_buffer: FrameReplayBuffer, truth: di
     return len(keys)
 
 
-@pytest.mark.parametrize("num_envs", [1, 3])
-def test_frame_replay_rebuilds_obs_and_next_obs_byte_identical_across_episodes_truncation_and_wraparound(num_envs):
+@pytest.mark.parametrize("num_envs, storage", [(1, "numpy"), (3, "numpy"), (3, "torch")])
+def test_frame_replay_rebuilds_obs_and_next_obs_byte_identical_across_episodes_truncation_and_wraparound(num_envs,
+                                                                                                        storage):
     envs = gym.vector.SyncVectorEnv([fake_env_thunk(i) for i in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     replay_buffer = FrameReplayBuffer(40 * num_envs, num_envs, torch.device("cpu"))
+    if storage == "torch":  # the --replay-on-gpu code path (frames in a torch tensor), here on the CPU
+        replay_buffer.frames = torch.zeros(replay_buffer.frames.shape, dtype=torch.uint8)
     recorder = Recorder(envs, replay_buffer, seed=num_envs)
     for _ in range(12):  # check before the ring is full, around the first wrap, and laps later
         recorder.run(17)
@@ -148,6 +151,12 @@ def test_frame_replay_rebuilds_obs_and_next_obs_byte_identical_across_episodes_t
         true_obs, true_next_obs, action, reward, termination = recorder.truth[key]
         assert np.array_equal(b_obs[k].numpy(), true_obs) and np.array_equal(b_next_obs[k].numpy(), true_next_obs)
         assert b_actions[k] == action and b_rewards[k] == np.float32(reward) and b_terminations[k] == termination
+    # what --save-replay writes restores the same transitions
+    restored = FrameReplayBuffer(40 * num_envs, num_envs, torch.device("cpu"))
+    restored.load_state_dict(replay_buffer.state_dict())
+    assert assert_rebuilds_every_transition(restored, recorder.truth) == len(sampleable(replay_buffer))
+    with pytest.raises(ConfigError, match="keep --num-envs and --buffer-size"):
+        FrameReplayBuffer(50 * num_envs, num_envs, torch.device("cpu")).load_state_dict(replay_buffer.state_dict())
     envs.close()
 
 
@@ -233,6 +242,14 @@ def test_evaluation_env_plays_full_games_and_reports_the_raw_score():
 def test_non_atari_or_unknown_game_is_a_config_error(env_id, message):
     with pytest.raises(ConfigError, match=message):
         env_spaces(env_id)
+
+
+@pytest.mark.parametrize("settings, message", [(dict(replay_on_gpu=True), "--replay-on-gpu needs --cuda"),
+                                                (dict(num_envs=8, buffer_size=40), "too small for 8 envs"),
+                                                (dict(noop_max=-1), "--noop-max must be >= 0")])
+def test_inconsistent_settings_are_config_errors(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        dqn_atari.check_args(Args(**settings))
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "FooNoFrameskip-v4"])
