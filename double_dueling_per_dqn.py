@@ -204,14 +204,15 @@ def check_args(args: Args) -> None:
         problems.append(f"--priority-epsilon must be > 0 (got {args.priority_epsilon})")
     if args.n_step < 1:
         problems.append(f"--n-step must be >= 1 (got {args.n_step})")
+    elif args.learning_starts < args.n_step * args.num_envs <= args.total_timesteps:
+        problems.append(f"--learning-starts {args.learning_starts} must be >= --n-step x --num-envs, so that the first "
+                        "batch finds complete n-step transitions")
     if args.noop_max < 0:
         problems.append(f"--noop-max must be >= 0 (got {args.noop_max})")
     if is_atari(args.env_id):
         if args.num_envs >= 1 and args.buffer_size < args.num_envs * (FRAME_STACK + 2):
             problems.append(f"--buffer-size {args.buffer_size} is too small for {args.num_envs} envs: each env's part "
                             f"of the replay needs at least {FRAME_STACK + 2} frames")
-        if args.n_step > 1:
-            problems.append("--n-step > 1 is not available for Atari: the frame replay stores one-step transitions")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -538,6 +539,8 @@ class PrioritizedSampler:
         B equal ranges and one prefix sum drawn uniformly from each, so a batch covers the whole distribution; each
         draw still has P(i). `n` is the number of transitions the replay holds."""
         total = self.tree.total
+        if total <= 0:
+            raise RuntimeError("the prioritized replay holds no transition yet")
         prefix_sums = (np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size)  # [B]
         indices = self.tree.find(prefix_sums)
         priorities = self.tree.priorities(indices)  # [B]
@@ -708,19 +711,44 @@ class FrameReplayBuffer:
 
 
 class FrameReplay(FrameReplayBuffer):
-    """dqn_atari.py's frame replay, with each transition addressed by one index, env * slots + ring slot (the slot of
-    its obs's newest frame), as the sum-tree needs; `batch` builds the transitions at given indices."""
+    """dqn_atari.py's frame replay, with n-step transitions and one index per transition, as the sum-tree needs.
 
-    def __init__(self, capacity: int, num_envs: int, gamma: float, device: torch.device):
+    Transition j (the absolute slot of its obs's newest frame) has the index env * slots + j % slots. Its n-step form
+    is built when it is sampled: the return sums the rewards of steps j .. j+k-1, with k = n or fewer where the episode
+    ends sooner (at a slot marked `first`), and its next obs is the stack that ends at frame j+k. It is complete, and
+    may be replayed, once frame j+n is written or its episode has ended; with n = 1, as soon as frame j+1 is written
+    (dqn_atari.py's transitions)."""
+
+    def __init__(self, capacity: int, num_envs: int, n_step: int, gamma: float, device: torch.device):
         super().__init__(capacity, num_envs, device)
-        self.gamma = gamma
+        self.n_step, self.gamma = n_step, gamma
 
     def indices(self, env_indices: np.ndarray, absolute_slots: np.ndarray) -> np.ndarray:
         return env_indices * self.slots + absolute_slots % self.slots
 
-    def newest_indices(self) -> np.ndarray:
-        """The transition of every env that its latest `add` completed (its next frame was just written) [num_envs]."""
-        return self.indices(np.arange(self.num_envs), self.written - 2)
+    def windows(self, env_indices: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(k [B], complete [B]) of transitions (env_indices, absolute slots j): the steps j .. j+k-1 of the n-step
+        return, and whether that is final (k = n, or the next frame starts a new episode)."""
+        ahead = slots[:, None] + np.arange(1, self.n_step + 1)  # [B, n]: frames j+1 .. j+n
+        written = ahead < self.written[env_indices, None]  # [B, n]
+        first = written & self.first[env_indices[:, None], ahead % self.slots]  # [B, n]: a new episode starts there
+        k = np.cumprod(written & ~first, axis=1).sum(axis=1)  # [B]
+        complete = (k == self.n_step) | first[np.arange(len(slots)), np.minimum(k, self.n_step - 1)]
+        return k, complete
+
+    def completed_indices(self, env_indices: np.ndarray, episode_started: bool) -> np.ndarray:
+        """The transitions of `env_indices` that the frame each just wrote completed, each reported once: after `add`,
+        transition newest - n, whose window now reaches the newest frame; after `start_episodes`, the last n - 1
+        transitions of the episode that ended, whose windows stop at its end."""
+        newest = self.written[env_indices] - 1  # [E]
+        offsets = np.arange(2, self.n_step + 1) if episode_started else np.array([self.n_step])  # j = newest - offset
+        envs = np.repeat(env_indices, len(offsets))
+        slots = (newest[:, None] - offsets).ravel()
+        keep = slots >= np.maximum(self.written[envs] - self.slots + FRAME_STACK - 1, 0)  # frames j-3 .. j stored
+        envs, slots = envs[keep], slots[keep]
+        k, complete = self.windows(envs, slots)
+        now = complete & (slots + k + int(episode_started) == self.written[envs] - 1)
+        return self.indices(envs[now], slots[now])
 
     def stale_indices(self, env_indices: np.ndarray) -> np.ndarray:
         """The transition each of `env_indices` made unreplayable with the frame it just wrote: the oldest one whose
@@ -729,21 +757,30 @@ class FrameReplay(FrameReplayBuffer):
         return self.indices(env_indices[stale >= 0], stale[stale >= 0])
 
     def uniform_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-        return self.indices(*self.sample_indices(batch_size, rng))
+        """Uniform over the complete transitions (drawn from all, the few incomplete ones drawn again) [B]."""
+        env_indices, slots = self.sample_indices(batch_size, rng)
+        while not (complete := self.windows(env_indices, slots)[1]).all():
+            env_indices[~complete], slots[~complete] = self.sample_indices(int((~complete).sum()), rng)
+        return self.indices(env_indices, slots)
 
     def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """(obs [B, 4, 84, 84] uint8, actions [B], rewards [B], next_obs [B, 4, 84, 84] uint8, terminations [B],
-        discounts [B]) of the transitions at `indices`."""
+        """(obs [B, 4, 84, 84] uint8, actions [B], returns [B], next_obs [B, 4, 84, 84] uint8, terminations [B],
+        discounts [B]) of the n-step transitions at `indices`."""
         env_indices, ring = np.divmod(indices, self.slots)
         newest = self.written[env_indices] - 1
         slots = newest - (newest - ring) % self.slots  # the absolute slot j held at that ring slot
-        obs_slots, next_obs_slots = self.stack_slots(env_indices, slots)
-        actions = torch.from_numpy(self.actions[env_indices, ring].astype(np.int64))
-        rewards = torch.from_numpy(self.rewards[env_indices, ring])
-        terminations = torch.from_numpy(self.terminations[env_indices, ring].astype(np.float32))
-        discounts = torch.full((len(indices),), self.gamma)
-        return (self._gather(env_indices, obs_slots), actions.to(self.device), rewards.to(self.device),
-                self._gather(env_indices, next_obs_slots), terminations.to(self.device), discounts.to(self.device))
+        k, _ = self.windows(env_indices, slots)  # [B]
+        steps = np.arange(self.n_step)
+        rewards = self.rewards[env_indices[:, None], (slots[:, None] + steps) % self.slots]  # [B, n]: steps j .. j+n-1
+        returns = np.where(steps < k[:, None], rewards, 0.0) @ self.gamma ** steps  # [B]
+        obs_slots, _ = self.stack_slots(env_indices, slots)
+        _, next_obs_slots = self.stack_slots(env_indices, slots + k - 1)  # the next obs of step j+k-1: frames .. j+k
+        terminations = self.terminations[env_indices, (slots + k - 1) % self.slots].astype(np.float32)
+        arrays = (self.actions[env_indices, ring].astype(np.int64), returns.astype(np.float32), terminations,
+                  (self.gamma ** k).astype(np.float32))
+        actions, returns, terminations, discounts = (torch.from_numpy(array).to(self.device) for array in arrays)
+        return (self._gather(env_indices, obs_slots), actions, returns, self._gather(env_indices, next_obs_slots),
+                terminations, discounts)
 
 
 def linear_schedule(start: float, end: float, duration: float, step: int) -> float:
@@ -916,7 +953,7 @@ def main(args: Args) -> dict:
     # fused Adam updates all parameters in one kernel: 30-40% cheaper per update on the CPU than the default
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
     if atari:
-        replay_buffer = FrameReplay(args.buffer_size, args.num_envs, args.gamma, device)
+        replay_buffer = FrameReplay(args.buffer_size, args.num_envs, args.n_step, args.gamma, device)
         capacity = args.num_envs * replay_buffer.slots  # one index per frame slot
     else:
         replay_buffer, capacity = ReplayBuffer(args.buffer_size, obs_shape, device), args.buffer_size
@@ -986,9 +1023,10 @@ def main(args: Args) -> dict:
     # a resumed run restarts its episodes from fresh resets; the seed is shifted so they differ from the first ones
     obs, _ = envs.reset(seed=args.seed + global_step)
     every_env = np.arange(args.num_envs)
-    if atari:
+    if atari:  # a resumed run: these first frames end the replay's episodes and may overwrite its oldest transitions
         replay_buffer.start_episodes(obs, every_env)
-        if sampler is not None:  # a resumed full ring loses its oldest replayable transitions to these frames
+        if sampler is not None:
+            sampler.add(replay_buffer.completed_indices(every_env, episode_started=True))
             sampler.remove(replay_buffer.stale_indices(every_env))
     # learning starts only once the buffer holds `learning_starts` transitions of this process
     learning_starts_at = global_step + (args.learning_starts if replay_buffer.size < args.learning_starts else 0)
@@ -1030,13 +1068,14 @@ def main(args: Args) -> dict:
             # a new transition enters the prioritized replay at the largest priority so far
             if atari:  # the frame replay: the newest frame of the true next obs; reset obs begin the next episodes
                 replay_buffer.add(real_next_obs, actions, rewards, terminations)
-                if sampler is not None:
-                    sampler.add(replay_buffer.newest_indices())
+                if sampler is not None:  # transitions enter once complete, and leave once their oldest frame does
+                    sampler.add(replay_buffer.completed_indices(every_env, episode_started=False))
                     sampler.remove(replay_buffer.stale_indices(every_env))
                 dones = np.logical_or(terminations, truncations)
                 if dones.any():
                     replay_buffer.start_episodes(next_obs[dones], np.flatnonzero(dones))
                     if sampler is not None:
+                        sampler.add(replay_buffer.completed_indices(np.flatnonzero(dones), episode_started=True))
                         sampler.remove(replay_buffer.stale_indices(np.flatnonzero(dones)))
             else:  # n-step transitions enter the replay once complete (with n = 1: every step, at once)
                 transitions = n_step_transitions.add(obs, actions, rewards, real_next_obs, terminations, truncations)

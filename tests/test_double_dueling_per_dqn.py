@@ -397,50 +397,75 @@ class CountingFrameEnv(gym.Env):
         return self._frame(), float(self.counter), terminated, truncated, {}
 
 
-@pytest.mark.parametrize("num_envs", [1, 3])
-def test_frame_replay_priorities_cover_exactly_the_replayable_transitions(num_envs):
+def n_step_truth(steps: list[dict], position: int, n: int, gamma: float):
+    """From one env's recorded steps: (return, next_obs, termination, k, complete) of the n-step transition that
+    starts at steps[position], never past its episode's end."""
+    total, k = 0.0, 0
+    while k < n and position + k < len(steps):
+        step = steps[position + k]
+        total += gamma**k * step["reward"]
+        k += 1
+        if step["episode_ended"]:
+            return total, step["next_obs"], step["termination"], k, True
+    return total, steps[position + k - 1]["next_obs"], steps[position + k - 1]["termination"], k, k == n
+
+
+@pytest.mark.parametrize("n, num_envs", [(1, 1), (1, 3), (3, 1), (4, 3)])
+def test_frame_replay_priorities_and_n_step_batches_match_what_the_envs_returned(n, num_envs):
     """Stepping as main() does, through several wraparounds of the ring: the slots with a positive priority are exactly
-    the transitions the frame replay itself would sample, and `batch` rebuilds the env's own obs and next_obs."""
+    the complete n-step transitions whose frames are all still stored, and `batch` rebuilds each from the replay as
+    the envs returned it (obs, the return up to n rewards within the episode, next obs, termination, gamma^k)."""
     envs = gym.vector.SyncVectorEnv(
         [lambda i=i: gym.wrappers.FrameStackObservation(CountingFrameEnv(i), ddp.FRAME_STACK, padding_type="reset")
          for i in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    replay = ddp.FrameReplay(40 * num_envs, num_envs, GAMMA, torch.device("cpu"))
+    replay = ddp.FrameReplay(40 * num_envs, num_envs, n, GAMMA, torch.device("cpu"))
     sampler = ddp.PrioritizedSampler(num_envs * replay.slots, 0.6, 1e-6)
-    every_env, rng, truth = np.arange(num_envs), np.random.default_rng(0), {}
+    every_env, rng = np.arange(num_envs), np.random.default_rng(0)
+    steps: list[list[dict]] = [[] for _ in every_env]  # per env, every step as the env returned it
     obs, _ = envs.reset(seed=0)
     replay.start_episodes(obs, every_env)
-    for step in range(150):
+    for iteration in range(150):
         actions = rng.integers(3, size=num_envs)
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         real_next_obs = next_obs.copy()
         for i in np.flatnonzero(infos.get("_final_obs", np.zeros(num_envs, bool))):
             real_next_obs[i] = infos["final_obs"][i]
-        replay.add(real_next_obs, actions, rewards, terminations)
-        sampler.add(replay.newest_indices())
-        sampler.remove(replay.stale_indices(every_env))
         for i in every_env:
-            truth[int(replay.newest_indices()[i]), i] = (obs[i].copy(), real_next_obs[i].copy(), rewards[i])
+            steps[i].append(dict(slot=int(replay.written[i]) - 1, obs=obs[i].copy(), action=int(actions[i]),
+                                 reward=float(rewards[i]), next_obs=real_next_obs[i].copy(),
+                                 termination=bool(terminations[i]),
+                                 episode_ended=bool(terminations[i] or truncations[i])))
+        replay.add(real_next_obs, actions, rewards, terminations)
+        sampler.add(replay.completed_indices(every_env, episode_started=False))
+        sampler.remove(replay.stale_indices(every_env))
         dones = np.logical_or(terminations, truncations)
         if dones.any():
             replay.start_episodes(next_obs[dones], np.flatnonzero(dones))
+            sampler.add(replay.completed_indices(np.flatnonzero(dones), episode_started=True))
             sampler.remove(replay.stale_indices(np.flatnonzero(dones)))
         obs = next_obs
-        lowest = np.maximum(replay.written - replay.slots + ddp.FRAME_STACK - 1, 0)
-        replayable = {int(replay.indices(np.array(e), np.array(j))) for e in every_env
-                      for j in range(lowest[e], replay.written[e] - 1) if not replay.first[e, (j + 1) % replay.slots]}
-        positive = set(np.flatnonzero(sampler.tree.priorities(np.arange(sampler.tree.capacity))).tolist())
-        assert positive == replayable, f"step {step}"
+        lowest = replay.written - replay.slots + ddp.FRAME_STACK - 1
+        expected = {}
+        for i in every_env:
+            for position, step in enumerate(steps[i]):
+                truth = n_step_truth(steps[i], position, n, GAMMA)
+                if step["slot"] >= lowest[i] and truth[-1]:
+                    expected[int(replay.indices(np.array(i), np.array(step["slot"])))] = (step, truth)
+        positive = np.flatnonzero(sampler.tree.priorities(np.arange(sampler.tree.capacity)))
+        assert set(positive.tolist()) == set(expected), f"iteration {iteration}"
     assert min(replay.written) > 3 * replay.slots  # the rings wrapped around several times
-    indices = np.array(sorted(positive))
-    b_obs, b_actions, b_rewards, b_next_obs, b_terminations, b_discounts = replay.batch(indices)
-    for row, index in enumerate(indices):
-        true_obs, true_next_obs, reward = truth[int(index), int(index) // replay.slots]
-        assert b_obs[row].numpy().tobytes() == true_obs.tobytes()
-        assert b_next_obs[row].numpy().tobytes() == true_next_obs.tobytes()
-        assert b_rewards[row].item() == reward
-    assert torch.all(b_discounts == GAMMA)
+    b_obs, b_actions, b_returns, b_next_obs, b_terminations, b_discounts = replay.batch(positive)
+    for row, index in enumerate(positive):
+        step, (n_step_return, next_obs_k, termination, k, _) = expected[int(index)]
+        assert b_obs[row].numpy().tobytes() == step["obs"].tobytes()
+        assert b_next_obs[row].numpy().tobytes() == next_obs_k.tobytes()
+        assert b_actions[row].item() == step["action"] and b_terminations[row].item() == termination
+        assert b_returns[row].item() == pytest.approx(n_step_return, rel=1e-6)
+        assert b_discounts[row].item() == pytest.approx(GAMMA**k)
+    ks = np.rint(np.log(b_discounts.numpy()) / np.log(GAMMA))
+    assert (ks < n).sum() > 5 if n > 1 else np.all(ks == 1)  # returns cut short at episode ends were checked
     # uniform sampling (--no-prioritized) draws from the same set
-    assert set(replay.uniform_indices(256, rng).tolist()) <= positive
+    assert set(replay.uniform_indices(512, rng).tolist()) <= set(positive.tolist())
 
 
 # ---------------------------------------------------------------------------------------------------------- bad input
@@ -462,7 +487,7 @@ def test_frame_replay_priorities_cover_exactly_the_replayable_transitions(num_en
     (dict(train_frequency=0), "--train-frequency must be >= 1"),
     (dict(num_envs=0), "--num-envs must be >= 1"),
     (dict(resume="does/not/exist.pt"), "does not exist"),
-    (dict(env_id="PongNoFrameskip-v4", n_step=3), "--n-step > 1 is not available for Atari"),
+    (dict(n_step=40, num_envs=4, learning_starts=100), "--learning-starts 100 must be >= --n-step x --num-envs"),
     (dict(env_id="PongNoFrameskip-v4", buffer_size=5), "--buffer-size 5 is too small"),
 ])
 def test_bad_input_gives_a_clear_error_before_any_work(tmp_path, overrides, message):
@@ -526,10 +551,10 @@ def test_every_extension_switched_off_still_trains_and_evaluates_a_checkpoint(tm
     assert result.stdout.startswith("CartPole-v1: 2 episodes, return")
 
 
-def test_smoke_run_on_real_pong_with_every_extension_on(tmp_path):
+def test_smoke_run_on_real_pong_with_every_extension_on_and_3_step_returns(tmp_path):
     args = small_args(tmp_path, env_id="PongNoFrameskip-v4", total_timesteps=320, learning_starts=200,
                       buffer_size=1000, batch_size=16, hidden_sizes=(64,), train_frequency=8, eval_frequency=10**6,
-                      eval_episodes=1, eval_epsilon=0.05, noop_max=2)
+                      eval_episodes=1, eval_epsilon=0.05, noop_max=2, n_step=3)
     summary = ddp.main(args)
     run_dir = Path(summary["run_dir"])
     assert run_dir.name.startswith("PongNoFrameskip-v4__double_dueling_per_dqn__1__")
