@@ -482,6 +482,7 @@ class SumTree:
         self.depth = max(capacity - 1, 0).bit_length()
         self.leaves = 1 << self.depth
         self.nodes = np.zeros(2 * self.leaves, dtype=np.float64)
+        self.levels_up = np.arange(1, self.depth + 1)[:, None]  # [depth, 1]: node >> d is its ancestor d levels up
 
     @property
     def total(self) -> float:
@@ -494,10 +495,10 @@ class SumTree:
         """Set the leaves `indices` [B] (each index once) to `priorities` [B] and recompute their ancestors."""
         nodes = np.asarray(indices, dtype=np.int64) + self.leaves  # [B]
         self.nodes[nodes] = priorities
-        for _ in range(self.depth):
-            nodes >>= 1  # the parents; a parent shared by several nodes gets the same sum written repeatedly
-            left = nodes << 1
-            self.nodes[nodes] = self.nodes[left] + self.nodes[left + 1]
+        ancestors = nodes >> self.levels_up  # [depth, B]: parents, grandparents, ..., the root, from the leaves up
+        left_children = ancestors << 1  # [depth, B]
+        for parents, left, right in zip(ancestors, left_children, left_children + 1):
+            self.nodes[parents] = self.nodes[left] + self.nodes[right]  # a shared parent gets the same sum twice
 
     def find(self, prefix_sums: np.ndarray) -> np.ndarray:
         """For each s in `prefix_sums` [B], 0 <= s < total, the leaf i with p_0 + ... + p_i-1 <= s < p_0 + ... + p_i
