@@ -144,7 +144,7 @@ class Args:
     """importance-sampling exponent at the start, annealed linearly to 1 at the end of the run (Schaul et al. 2016,
     proportional: 0.4)"""
     priority_epsilon: float = 1e-6
-    """added to |TD error| so that every transition keeps a chance to be replayed (Schaul et al. 2016: a small epsilon)"""
+    """added to |TD error| so that every transition keeps a chance to be replayed (Schaul et al. 2016: "small")"""
     n_step: int = 1
     """n-step returns (Hessel et al. 2018: 3): each stored transition sums n rewards, fewer where its episode ends"""
     terminal_on_life_loss: bool = True
@@ -503,8 +503,8 @@ class SumTree:
     def find(self, prefix_sums: np.ndarray) -> np.ndarray:
         """For each s in `prefix_sums` [B], 0 <= s < total, the leaf i with p_0 + ... + p_i-1 <= s < p_0 + ... + p_i
         (so never a leaf of priority 0), found from the root: go right, less the left sum, if s >= the left sum.
-        In floating point an s within a few ulps of a subtree's sum may end on an empty leaf at that subtree's right end;
-        `PrioritizedSampler.sample` draws such an s again."""
+        In floating point an s within a few ulps of a subtree's sum may end on an empty leaf at that subtree's right
+        end; `PrioritizedSampler.sample` draws such an s again."""
         values = np.array(prefix_sums, dtype=np.float64)  # [B]
         nodes = np.ones(len(values), dtype=np.int64)  # [B]
         for _ in range(self.depth):
@@ -915,8 +915,6 @@ def seed_everything(seed: int, torch_deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = torch_deterministic
 
 
-
-
 def evaluate_checkpoint(args: Args) -> dict:
     """--eval-checkpoint: evaluate a saved network without training."""
     obs_shape, n_actions = env_spaces(args.env_id)
@@ -1001,7 +999,8 @@ def main(args: Args) -> dict:
                                id=run_dir.name.replace(".", "-"), resume="allow", dir=str(run_dir),
                                config=dataclasses.asdict(args))
     logger = RunLogger(run_dir / "metrics.csv", wandb_run)
-    env_thunk = make_atari_env(args.env_id, args.terminal_on_life_loss, args.noop_max) if atari else make_env(args.env_id)
+    env_thunk = make_atari_env(args.env_id, args.terminal_on_life_loss, args.noop_max) if atari else \
+        make_env(args.env_id)
     envs = gym.vector.SyncVectorEnv([env_thunk for _ in range(args.num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
@@ -1095,7 +1094,7 @@ def main(args: Args) -> dict:
                     else:
                         indices = replay_buffer.uniform_indices(args.batch_size, rng)
                     b_obs, b_actions, b_returns, b_next_obs, b_terminations, b_discounts = replay_buffer.batch(indices)
-                    # b_discounts: gamma^k per transition [B], k = n but fewer where an n-step return hit a truncation
+                    # b_discounts: gamma^k per transition [B], k = n, or fewer where its episode ended sooner
                     with torch.no_grad():
                         next_q_target = target_network(b_next_obs)  # [B, A]
                         if args.double:

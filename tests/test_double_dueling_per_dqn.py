@@ -370,7 +370,7 @@ def test_training_loop_stores_n_step_returns_cut_at_episode_ends_within_one_env(
     assert len(np.unique(obs[:, 0])) == num_envs
 
 
-# ----------------------------------------------------------------------------------------- Atari frame replay priorities
+# ---------------------------------------------------------------------------------------- Atari frame replay priorities
 
 class CountingFrameEnv(gym.Env):
     """84x84 frames that carry (env, frame counter) in their first bytes, with random terminations and truncations."""
@@ -542,7 +542,8 @@ def test_every_extension_switched_off_still_trains_and_evaluates_a_checkpoint(tm
     summary = ddp.main(small_args(tmp_path, double=False, dueling=False, prioritized=False, total_timesteps=600,
                                   seed=2))
     rows = read_metrics(summary["run_dir"])
-    assert any(name == "losses/td_loss" for _, name, _ in rows) and not any(name == "charts/beta" for _, name, _ in rows)
+    names = {name for _, name, _ in rows}
+    assert "losses/td_loss" in names and "charts/beta" not in names
     checkpoint = torch.load(Path(summary["run_dir"]) / "checkpoint.pt", weights_only=True)
     assert checkpoint["priorities"] is None and not any("value_head" in key for key in checkpoint["q_network"])
     result = run_script([sys.executable, "double_dueling_per_dqn.py", "--eval-checkpoint",
