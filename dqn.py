@@ -78,7 +78,7 @@ class Args:
     """gymnasium id of the environment (any registered id, or `module:Env-v0`)"""
     total_timesteps: int = 100_000
     """env steps to train for, summed over all envs (our CartPole-v1 sweep; CleanRL: 500_000)"""
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     """Adam learning rate (our CartPole-v1 sweep; CleanRL: 2.5e-4)"""
     num_envs: int = 1
     """number of environments stepped together"""
