@@ -87,18 +87,17 @@ def filled_replay(steps: int, capacity: int = 10_000, num_envs: int = 1,
     return replay_buffer, envs, obs
 
 
-def make_update(replay_buffer: FrameReplayBuffer, n_actions: int, channels_last: bool = False, bf16: bool = False,
+def make_update(replay_buffer: FrameReplayBuffer, n_actions: int, channels_last: bool = True, bf16: bool = False,
                 compile_loss: bool = False):
     """One gradient step as main() takes it (Huber loss, fused Adam); the options change how, not what, it computes."""
     torch.manual_seed(0)
     q_network, target_network = QNetwork(n_actions), QNetwork(n_actions)
     if channels_last:
-        q_network.network.to(memory_format=torch.channels_last)
-        target_network.network.to(memory_format=torch.channels_last)
-        forward = lambda network, obs: network.network(  # noqa: E731
-            (obs.float() / 255.0).contiguous(memory_format=torch.channels_last))
+        forward = lambda network, obs: network(obs)  # noqa: E731  (dqn_atari's QNetwork as it is: channels-last)
     else:
-        forward = lambda network, obs: network(obs)  # noqa: E731  (dqn_atari's QNetwork as it is)
+        q_network.network.to(memory_format=torch.contiguous_format)
+        target_network.network.to(memory_format=torch.contiguous_format)
+        forward = lambda network, obs: network.network(obs.float() / 255.0)  # noqa: E731
     target_network.load_state_dict(q_network.state_dict())
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, fused=True)
     rng = np.random.default_rng(0)
@@ -160,19 +159,21 @@ def section_main(num_envs: int, short: int, long: int) -> dict:
             "sps_wall": (long - short) / (long_wall - short_wall)}
 
 
-def section_options(rounds: int, compile_too: bool) -> list[dict]:
+def section_options(rounds: int, compile_too: bool, slow_too: bool = True) -> list[dict]:
     replay_buffer, envs, _ = filled_replay(2000)
     n_actions = int(envs.single_action_space.n)
     envs.close()
-    variants = {"fp32 NCHW (plain eager, dqn_atari)": (1, dict()),
-                "fp32 channels-last": (1, dict(channels_last=True)),
-                "bf16 autocast": (1, dict(bf16=True)),
-                "bf16 autocast, channels-last": (1, dict(bf16=True, channels_last=True))}
+    variants = {"fp32 NCHW (plain eager)": (1, dict(channels_last=False)),
+                "fp32 channels-last (dqn_atari)": (1, dict())}
+    if slow_too:
+        variants["bf16 autocast"] = (1, dict(bf16=True, channels_last=False))
+        variants["bf16 autocast, channels-last"] = (1, dict(bf16=True))
     if compile_too:
-        variants["torch.compile"] = (1, dict(compile_loss=True))
-        variants["torch.compile, channels-last"] = (1, dict(compile_loss=True, channels_last=True))
-    variants["fp32 NCHW, 2 threads"] = (2, dict())
-    variants["fp32 channels-last, 2 threads"] = (2, dict(channels_last=True))
+        variants["torch.compile"] = (1, dict(compile_loss=True, channels_last=False))
+        variants["torch.compile, channels-last"] = (1, dict(compile_loss=True))
+    if slow_too:
+        variants["fp32 NCHW, 2 threads"] = (2, dict(channels_last=False))
+        variants["fp32 channels-last, 2 threads"] = (2, dict())
     updates = {}
     for name, (threads, options) in variants.items():
         torch.set_num_threads(threads)
@@ -189,7 +190,7 @@ def section_options(rounds: int, compile_too: bool) -> list[dict]:
             cpu[name].append(round_cpu)
             wall[name].append(round_wall)
     torch.set_num_threads(1)
-    plain = "fp32 NCHW (plain eager, dqn_atari)"
+    plain = "fp32 NCHW (plain eager)"
     base_cpu, base_wall = np.median(cpu[plain]), np.median(wall[plain])
     return [{"variant": name, "threads": updates[name][0], "cpu_ms": float(np.median(cpu[name])),
              "wall_ms": float(np.median(wall[name])), "first_call_s": updates[name][2],
@@ -200,10 +201,11 @@ def section_options(rounds: int, compile_too: bool) -> list[dict]:
 def section_memory(transitions: int) -> dict:
     """In a child process: peak RSS before and after a replay of `transitions` frames filled with real Pong."""
     code = f"""
-import json, resource, sys
+import json, os, resource, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 import numpy as np, sps_atari
-baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/statm") as file:  # resident pages now (ru_maxrss would include the imports' transient peak)
+    baseline_kb = int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
 replay_buffer, envs, _ = sps_atari.filled_replay({transitions}, capacity={transitions})
 envs.close()
 lowest = np.maximum(replay_buffer.written - replay_buffer.slots + sps_atari.dqn_atari.FRAME_STACK - 1, 0)
@@ -227,6 +229,7 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the option comparison")
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out (its first call is slow)")
+    parser.add_argument("--no-slow", action="store_true", help="leave the bf16 and 2-thread rows out")
     parser.add_argument("--replay-transitions", type=int, default=200_000, help="replay size for the memory figures")
     options = parser.parse_args()
     torch.set_num_threads(1)
@@ -250,7 +253,7 @@ def main() -> None:
             print(f"\n2. dqn_atari.main() --num-envs {num_envs}, learning phase: {result['sps_cpu']:.0f} steps per "
                   f"CPU-second{versus} ({result['sps_wall']:.0f} per wall-clock second at this load)", flush=True)
     if "options" in options.parts:
-        report["options"] = section_options(options.rounds, not options.no_compile)
+        report["options"] = section_options(options.rounds, not options.no_compile, not options.no_slow)
         print("\n3. update cost (batch 32, sampling included), median of interleaved rounds")
         print(f"   {'variant':36s} {'CPU ms':>8} {'wall ms':>8} {'CPU/plain':>9} {'wall/plain':>10} {'1st call s':>10}")
         for row in report["options"]:
