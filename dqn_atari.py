@@ -228,9 +228,9 @@ def make_env(env_id: str, terminal_on_life_loss: bool, noop_max: int = 30, video
 class QNetwork(nn.Module):
     """The Nature CNN (Mnih et al. 2015): uint8 frame stacks [B, 4, 84, 84] -> one Q-value per action [B, A].
 
-    The convolutions run on channels-last tensors, which makes the CPU update ~8% cheaper (benchmarks/sps_atari.py;
-    bf16 autocast and torch.compile did not help, see the README); the arithmetic, and the parameters' values and
-    shapes, are those of the usual NCHW network."""
+    The convolutions run on channels-last tensors, which made the CPU update 3-10% cheaper in each of three benchmark
+    runs (benchmarks/sps_atari.py; bf16 autocast and torch.compile were not worth it, see the README); the arithmetic,
+    and the parameters' values and shapes, are those of the usual NCHW network."""
 
     def __init__(self, n_actions: int, hidden_sizes: tuple[int, ...] = (512,)):
         super().__init__()
