@@ -383,8 +383,9 @@ class FrameReplayBuffer:
         n = state["frames"].shape[1]
         if isinstance(self.frames, np.ndarray):
             self.frames[:, :n] = state["frames"].numpy()
-        else:
-            self.frames[:, :n] = state["frames"].to(self.storage_device)
+        else:  # in chunks: a whole 7 GB replay would briefly take twice its size in GPU memory
+            for start in range(0, n, 100_000):
+                self.frames[:, start:start + 100_000] = state["frames"][:, start:start + 100_000].to(self.storage_device)
         for name in ["actions", "rewards", "terminations", "first"]:
             getattr(self, name)[:, :n] = state[name].numpy()
         self.written = state["written"].numpy().copy()
