@@ -109,7 +109,7 @@ class Args:
     end_e: float = 0.01
     """exploration epsilon at the end of the schedule (CleanRL; Mnih et al. 2015: 0.1)"""
     exploration_fraction: float = 0.10
-    """fraction of `total_timesteps` over which epsilon falls from `start_e` to `end_e` (CleanRL; Mnih et al.: 1M/50M)"""
+    """fraction of `total_timesteps` over which epsilon falls from `start_e` to `end_e` (CleanRL; Mnih: 1M of 50M)"""
     learning_starts: int = 80_000
     """env steps of random play that fill the buffer before learning starts (CleanRL; Mnih et al. 2015: 50_000)"""
     train_frequency: int = 4
@@ -123,7 +123,7 @@ class Args:
     max_grad_norm: Optional[float] = None
     """clip the gradient to this global L2 norm (None: no clipping)"""
     terminal_on_life_loss: bool = True
-    """end the training episode (not the game) at a loss of life (Mnih et al. 2015); evaluation always plays full games"""
+    """end the training episode (not the game) at a lost life (Mnih et al. 2015); evaluation always plays whole games"""
     noop_max: int = 30
     """at most this many no-op actions after each reset (Mnih et al. 2015: 30)"""
     replay_on_gpu: bool = False
@@ -303,8 +303,8 @@ class FrameReplayBuffer:
         if isinstance(self.frames, np.ndarray):
             self.frames[env_indices, slots] = frames
         else:
-            self.frames[torch.from_numpy(env_indices).to(self.storage_device),
-                        torch.from_numpy(slots).to(self.storage_device)] = torch.from_numpy(frames).to(self.storage_device)
+            index = [torch.from_numpy(array).to(self.storage_device) for array in (env_indices, slots)]
+            self.frames[index[0], index[1]] = torch.from_numpy(frames).to(self.storage_device)
         self.first[env_indices, slots] = first
         self.written[env_indices] += 1
 
@@ -385,7 +385,8 @@ class FrameReplayBuffer:
             self.frames[:, :n] = state["frames"].numpy()
         else:  # in chunks: a whole 7 GB replay would briefly take twice its size in GPU memory
             for start in range(0, n, 100_000):
-                self.frames[:, start:start + 100_000] = state["frames"][:, start:start + 100_000].to(self.storage_device)
+                chunk = slice(start, start + 100_000)
+                self.frames[:, chunk] = state["frames"][:, chunk].to(self.storage_device)
         for name in ["actions", "rewards", "terminations", "first"]:
             getattr(self, name)[:, :n] = state[name].numpy()
         self.written = state["written"].numpy().copy()

@@ -153,6 +153,8 @@ def test_frame_replay_rebuilds_obs_and_next_obs_byte_identical_across_episodes_t
         assert b_actions[k] == action and b_rewards[k] == np.float32(reward) and b_terminations[k] == termination
     # what --save-replay writes restores the same transitions
     restored = FrameReplayBuffer(40 * num_envs, num_envs, torch.device("cpu"))
+    if storage == "torch":
+        restored.frames = torch.zeros(restored.frames.shape, dtype=torch.uint8)
     restored.load_state_dict(replay_buffer.state_dict())
     assert assert_rebuilds_every_transition(restored, recorder.truth) == len(sampleable(replay_buffer))
     with pytest.raises(ConfigError, match="keep --num-envs and --buffer-size"):
