@@ -315,14 +315,21 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
     runs_dir = tmp_path / "runs"
     command = [sys.executable, "dqn.py", "--total-timesteps", "200000", "--learning-starts", "500",
                "--eval-frequency", "100000", "--runs-dir", str(runs_dir)]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any("losses/td_loss" in path.read_text()
-                                              for path in runs_dir.glob("*/metrics.csv")):
-        time.sleep(0.2)  # wait until it is training
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    # output to files, not pipes: an undrained pipe could block the child before it sees the signal
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out,
+                                   stderr=err, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline and not any("losses/td_loss" in path.read_text()
+                                                  for path in runs_dir.glob("*/metrics.csv")):
+            time.sleep(0.2)  # wait until it is training
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError(f"no exit after SIGINT; stderr: {(tmp_path / 'err.txt').read_text()[-2000:]}")
+    stderr = (tmp_path / "err.txt").read_text()
     assert process.returncode == 0, stderr
     run_dir = next(runs_dir.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
