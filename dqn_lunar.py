@@ -73,7 +73,7 @@ class Args:
     eval_frequency: int = 25_000
     """env steps between evaluations"""
     eval_episodes: int = 20
-    """episodes per evaluation (20: LunarLander's returns vary much more from episode to episode than CartPole's)"""
+    """episodes per evaluation (20: LunarLander's returns vary far more between episodes than CartPole's)"""
     eval_epsilon: float = 0.0
     """probability of a random action during evaluation (0: greedy, as SB3's `evaluate_policy(deterministic=True)`)"""
     target_return: Optional[float] = None
@@ -93,29 +93,34 @@ class Args:
     """discount factor"""
     tau: float = 1.0
     """target network update rate: 1 copies the online network (hard update), < 1 blends it in (Polyak averaging)"""
-    target_network_frequency: int = 250
-    """env steps between target network updates (rl-baselines3-zoo: 250)"""
+    target_network_frequency: int = 1_000
+    """env steps between target network updates (our sweep: 250 gradient steps apart, as
+    rl-baselines3-zoo's 250 env steps are at its one gradient step per env step)"""
     batch_size: int = 128
     """transitions per gradient step (rl-baselines3-zoo: 128)"""
     start_e: float = 1.0
     """exploration epsilon at the start"""
     end_e: float = 0.1
-    """exploration epsilon at the end of the schedule (rl-baselines3-zoo: 0.1)"""
-    exploration_fraction: float = 0.12
+    """exploration epsilon at the end of the schedule (rl-baselines3-zoo: 0.1; in our sweep 0.02 left the greedy
+    policy hovering until 175k steps)"""
+    exploration_fraction: float = 0.2
     """fraction of `total_timesteps` over which epsilon goes linearly from `start_e` to `end_e`
-    (rl-baselines3-zoo: 0.12)"""
+    (our sweep: 60k steps; rl-baselines3-zoo: 0.12 of 100k steps)"""
     learning_starts: int = 1_000
-    """env steps of random play that fill the buffer before learning starts (rl-baselines3-zoo: 0)"""
+    """env steps of random play that fill the buffer before learning starts (rl-baselines3-zoo: 0; here
+    at least `batch_size`)"""
     train_frequency: int = 4
     """env steps between training phases (Mnih et al. 2015 and rl-baselines3-zoo: 4)"""
-    gradient_steps: int = 4
-    """gradient steps per training phase (rl-baselines3-zoo: -1, one per env step)"""
+    gradient_steps: int = 1
+    """gradient steps per training phase (our sweep; rl-baselines3-zoo: -1, i.e. 4, one per env step, which
+    made each env step about 3x slower on our CPU)"""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """widths of the Q-network's hidden layers (rl-baselines3-zoo: 256 256)"""
     loss: Literal["mse", "huber"] = "huber"
-    """TD loss: mean squared error, or Huber (smooth L1 with delta 1, the paper's error clipping; SB3's default)"""
+    """TD loss: mean squared error, or Huber (smooth L1 with delta 1, the paper's error clipping; SB3's
+    DQN and rl-baselines3-zoo)"""
     max_grad_norm: Optional[float] = 10.0
-    """clip the gradient to this global L2 norm (None: no clipping; SB3's default: 10)"""
+    """clip the gradient to this global L2 norm (None: no clipping; SB3's DQN and rl-baselines3-zoo: 10)"""
 
 
 class ConfigError(ValueError):
@@ -217,18 +222,25 @@ class QNetwork(nn.Module):
         On the CPU the same layers run in NumPy on zero-copy views of the parameters: for a handful of observations
         torch spends ~10 us dispatching each op, 4-5x the arithmetic. The optimizer and `load_state_dict` write the
         parameters in place, so the views always hold the current weights (a test checks this)."""
-        if self.network[0].weight.device.type != "cpu":
-            with torch.inference_mode():
-                obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=self.network[0].weight.device)
-                return self(obs_tensor).argmax(dim=1).cpu().numpy()
         if self._numpy_layers is None:
+            first_weight = self.network[0].weight
+            if first_weight.device.type != "cpu":
+                with torch.inference_mode():
+                    obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=first_weight.device)
+                    return self(obs_tensor).argmax(dim=1).cpu().numpy()
             linears = [layer for layer in self.network if isinstance(layer, nn.Linear)]
             self._numpy_layers = [(layer.weight.detach().numpy().T, layer.bias.detach().numpy()) for layer in linears]
         x = obs.astype(np.float32, copy=False)
         for weight_t, bias in self._numpy_layers[:-1]:
-            x = np.maximum(x @ weight_t + bias, 0.0)  # [B, hidden]
+            x = x @ weight_t  # [B, hidden]
+            x += bias
+            np.maximum(x, 0.0, out=x)
         weight_t, bias = self._numpy_layers[-1]
         return (x @ weight_t + bias).argmax(axis=1)  # [B]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._numpy_layers = None  # .to(), .cuda(), .double() replace the parameters: rebuild the views
+        return super()._apply(fn, *args, **kwargs)
 
 
 class ReplayBuffer:
@@ -506,7 +518,8 @@ def main(args: Args) -> dict:
     start_step, start_time, last_print = global_step, time.perf_counter(), 0.0
     recent_returns: list[float] = []
     updates, status, eval_returns = 0, "finished", None
-    interactive = sys.stdout.isatty()
+    interactive = sys.stdout.isatty()  # a terminal: one progress line, redrawn in place
+    clear_line = "\r\x1b[K" if interactive else ""
     try:
         while global_step < args.total_timesteps:
             # act: epsilon-greedy, with no network call when every env explores
@@ -516,7 +529,8 @@ def main(args: Args) -> dict:
                 actions = rng.integers(n_actions, size=args.num_envs)
             else:
                 actions = q_network.greedy_actions(obs)
-                actions[explore] = rng.integers(n_actions, size=int(explore.sum()))
+                if explore.any():
+                    actions[explore] = rng.integers(n_actions, size=int(explore.sum()))
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
             global_step += args.num_envs
 
@@ -571,9 +585,8 @@ def main(args: Args) -> dict:
                 logger.log("eval/episodic_return", mean, global_step)
                 logger.log("eval/episodic_return_std", float(np.std(returns)), global_step)
                 logger.log("eval/success_rate", success_rate(returns), global_step)
-                print(f"{'' if not interactive else chr(13)}step {global_step:>9,}  eval return "
-                      f"{mean:9.2f} ± {np.std(returns):7.2f} over {len(returns)} episodes, "
-                      f"landed {success_rate(returns):4.0%}" + " " * 10, flush=True)
+                print(f"{clear_line}step {global_step:>9,}  eval return {mean:9.2f} ± {np.std(returns):7.2f} "
+                      f"over {len(returns)} episodes, landed {success_rate(returns):4.0%}", flush=True)
                 if args.save_model:
                     if mean > best_eval_mean:
                         best_eval_mean = mean
@@ -592,7 +605,7 @@ def main(args: Args) -> dict:
                 recent = f"{np.mean(recent_returns):9.2f}" if recent_returns else "        -"
                 line = (f"step {global_step:>9,}/{args.total_timesteps:,}  SPS {sps:7,.0f}  epsilon {epsilon:5.3f}  "
                         f"return (last {len(recent_returns):2d}) {recent}")
-                print("\r" + line if interactive else line, end="" if interactive else "\n", flush=True)
+                print(clear_line + line, end="" if interactive else "\n", flush=True)
     except KeyboardInterrupt:
         status = "interrupted"
         print(f"\ninterrupted at step {global_step}", file=sys.stderr)
@@ -629,20 +642,25 @@ def main(args: Args) -> dict:
 
 
 def cli() -> Args:
-    """Parse the command line. With --resume, the checkpoint's settings are the defaults, so
+    """Parse the command line. With --resume or --eval-checkpoint, the checkpoint's settings are the defaults, so
     `python dqn.py --resume runs/<run>/checkpoint.pt` needs no other flag; flags given still override them."""
     argv = sys.argv[1:]
-    resume = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--resume"), None) or \
-        next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--resume=")), None)
-    if resume is None or not os.path.isfile(resume):
+    for flag in ["--resume", "--eval-checkpoint"]:
+        path = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag), None) or \
+            next((arg.split("=", 1)[1] for arg in argv if arg.startswith(flag + "=")), None)
+        if path is not None and os.path.isfile(path):
+            break
+    else:
         return tyro.cli(Args)
     try:
-        saved = torch.load(resume, map_location="cpu", weights_only=True)["args"]
+        saved = torch.load(path, map_location="cpu", weights_only=True)["args"]
         fields = {field.name for field in dataclasses.fields(Args)}
-        saved = {name: value for name, value in saved.items() if name in fields}
-        saved["hidden_sizes"] = tuple(saved["hidden_sizes"])
-        default = Args(**{**saved, "resume": resume})
-    except Exception:  # unreadable: main() reports it properly
+        # JSON-like storage turned tuples into lists; fields this script no longer has are dropped
+        saved = {name: tuple(value) if isinstance(value, list) else value
+                 for name, value in saved.items() if name in fields}
+        saved |= {"resume": None, "eval_checkpoint": None, flag.lstrip("-").replace("-", "_"): path}
+        default = Args(**saved)
+    except Exception:  # unreadable, or not this script's: main() reports it properly
         return tyro.cli(Args)
     return tyro.cli(Args, default=default)
 
