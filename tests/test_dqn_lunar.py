@@ -1,9 +1,10 @@
 """Tests of dqn_lunar.py: the landing-rate maths, a smoke run on the real Box2D LunarLander-v3, evaluation-only mode
-reproducing the training run's own final evaluation, refusal of dqn.py checkpoints, and the blocks shared with dqn.py
-staying byte-identical."""
+reproducing the training run's own final evaluation, refusal of dqn.py checkpoints, the blocks shared with dqn.py
+staying byte-identical, and the training loop differing from dqn.py's only by the landing rate."""
 
 import ast
 import csv
+import difflib
 import json
 import re
 import sys
@@ -65,8 +66,21 @@ def test_shared_blocks_are_identical_to_dqn_py():
     ours, theirs = top_level_blocks(ROOT / "dqn_lunar.py"), top_level_blocks(ROOT / "dqn.py")
     drifted = [name for name in SHARED_BLOCKS if ours.get(name) != theirs.get(name)]
     assert not drifted, f"dqn_lunar.py differs from dqn.py in {drifted}: copy dqn.py's version"
-    # a block added to both files later must be listed as shared, or as meant to differ
+    # a block dqn.py gains later must be copied here, and then listed as shared or as meant to differ
+    assert set(theirs) <= set(ours), f"dqn.py has blocks dqn_lunar.py lacks: {set(theirs) - set(ours)}"
     assert set(ours) & set(theirs) == set(SHARED_BLOCKS) | set(DIFFERENT_BLOCKS)
+
+
+def test_training_loop_differs_from_dqn_py_only_by_the_landing_rate():
+    ours, theirs = top_level_blocks(ROOT / "dqn_lunar.py")["main"], top_level_blocks(ROOT / "dqn.py")["main"]
+    diff = [line for line in difflib.ndiff(theirs.splitlines(), ours.splitlines()) if line[:2] in ("- ", "+ ")]
+    removed = [line[2:].strip() for line in diff if line.startswith("- ")]
+    added = [line[2:].strip() for line in diff if line.startswith("+ ")]
+    # dqn.py's lines that dqn_lunar.py replaces: the eval-only return, and the end of the evaluation's print
+    assert removed == ["return evaluate_checkpoint(args)", 'f"over {len(returns)} episodes", flush=True)'], removed
+    landing_rate = ("success_rate", "LANDED_RETURN", "summary = evaluate_checkpoint(args)", "return summary",
+                    'f"{len(eval_returns)} episodes")')
+    assert added and all(any(part in line for part in landing_rate) for line in added), added
 
 
 def test_defaults_are_lunar_lander_and_pass_the_argument_checks():
