@@ -317,8 +317,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
                "--eval-frequency", "100000", "--runs-dir", str(runs_dir)]
     # output to files, not pipes: an undrained pipe could block the child before it sees the signal
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        # a test run started in the background (`cmd &`, as CI may be) has SIGINT ignored, and a child would inherit
+        # that; give the child the default disposition, so Python turns Ctrl-C into KeyboardInterrupt as in a terminal
         process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out,
-                                   stderr=err, text=True)
+                                   stderr=err, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 240
         while time.time() < deadline and not any("losses/td_loss" in path.read_text()
                                                   for path in runs_dir.glob("*/metrics.csv")):
