@@ -624,8 +624,8 @@ class FrameReplayBuffer:
         if isinstance(self.frames, np.ndarray):
             self.frames[env_indices, slots] = frames
         else:
-            self.frames[torch.from_numpy(env_indices).to(self.storage_device),
-                        torch.from_numpy(slots).to(self.storage_device)] = torch.from_numpy(frames).to(self.storage_device)
+            index = [torch.from_numpy(array).to(self.storage_device) for array in (env_indices, slots)]
+            self.frames[index[0], index[1]] = torch.from_numpy(frames).to(self.storage_device)
         self.first[env_indices, slots] = first
         self.written[env_indices] += 1
 
@@ -704,8 +704,10 @@ class FrameReplayBuffer:
         n = state["frames"].shape[1]
         if isinstance(self.frames, np.ndarray):
             self.frames[:, :n] = state["frames"].numpy()
-        else:
-            self.frames[:, :n] = state["frames"].to(self.storage_device)
+        else:  # in chunks: a whole 7 GB replay would briefly take twice its size in GPU memory
+            for start in range(0, n, 100_000):
+                chunk = slice(start, start + 100_000)
+                self.frames[:, chunk] = state["frames"][:, chunk].to(self.storage_device)
         for name in ["actions", "rewards", "terminations", "first"]:
             getattr(self, name)[:, :n] = state[name].numpy()
         self.written = state["written"].numpy().copy()
