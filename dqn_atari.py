@@ -399,6 +399,25 @@ def linear_schedule(start: float, end: float, duration: float, step: int) -> flo
     return start + (end - start) * min(step / duration, 1.0)
 
 
+def epsilon_greedy(greedy_actions: Callable[[np.ndarray], np.ndarray], obs: np.ndarray, epsilon: float,
+                   n_actions: int, rng: np.random.Generator) -> np.ndarray:
+    """One action per row of `obs`: uniformly random with probability `epsilon`, else `greedy_actions(obs)`.
+
+    One uniform draw u per env both decides and, when u < epsilon, picks the action: given u < epsilon, u / epsilon
+    is again uniform on [0, 1), so floor(u / epsilon * n_actions) is a uniform action. That is one cheap random call
+    per step instead of three (`Generator.integers` alone costs ~12 us), and no network call when every env
+    explores."""
+    u = rng.random(len(obs))  # [N]
+    explore = u < epsilon
+    n_explore = np.count_nonzero(explore)
+    if n_explore == len(u):
+        return np.minimum((u * (n_actions / epsilon)).astype(np.int64), n_actions - 1)  # min: rounding of u/eps
+    actions = greedy_actions(obs)  # [N]
+    if n_explore:
+        actions[explore] = np.minimum((u[explore] * (n_actions / epsilon)).astype(np.int64), n_actions - 1)
+    return actions
+
+
 def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
     """One-step TD target r + gamma * max_a' Q_target(s', a'), cut at terminations (never at truncations)."""
     return rewards + gamma * (1.0 - terminations) * next_q  # [B]
@@ -428,10 +447,7 @@ def evaluate(q_network: QNetwork, env_thunk: Callable[[], gym.Env], n_episodes: 
     returns: list[float] = []
     obs, _ = env.reset(seed=seed)
     while len(returns) < n_episodes:
-        if rng.random() < epsilon:
-            action = int(rng.integers(env.action_space.n))
-        else:
-            action = int(q_network.greedy_actions(obs[None])[0])
+        action = int(epsilon_greedy(q_network.greedy_actions, obs[None], epsilon, env.action_space.n, rng)[0])
         obs, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             returns.append(float(info["episode"]["r"]))
@@ -636,13 +652,7 @@ def main(args: Args) -> dict:
         while global_step < args.total_timesteps:
             # act: epsilon-greedy, with no network call when every env explores
             epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
-            explore = rng.random(args.num_envs) < epsilon
-            if explore.all():
-                actions = rng.integers(n_actions, size=args.num_envs)
-            else:
-                actions = q_network.greedy_actions(obs)
-                if explore.any():
-                    actions[explore] = rng.integers(n_actions, size=int(explore.sum()))
+            actions = epsilon_greedy(q_network.greedy_actions, obs, epsilon, n_actions, rng)
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
             global_step += args.num_envs
 

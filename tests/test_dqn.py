@@ -81,6 +81,49 @@ def test_linear_schedule_endpoints():
     assert dqn.linear_schedule(1.0, 0.05, 0, 0) == 0.05  # exploration_fraction 0: no annealing
 
 
+@pytest.mark.parametrize("epsilon", [0.0, 0.3, 1.0])
+def test_epsilon_greedy_action_frequencies(epsilon):
+    """Each env explores with probability epsilon, then picks each of the n actions with probability 1/n; otherwise
+    it takes its greedy action. With greedy action 3 of 5: P(3) = 1 - eps + eps/5, P(other) = eps/5."""
+    rng, n_envs, n_actions, rounds = np.random.default_rng(0), 8, 5, 20_000
+    calls = []
+
+    def greedy(obs):
+        calls.append(len(obs))
+        return np.full(len(obs), 3, dtype=np.int64)
+
+    actions = np.stack([dqn.epsilon_greedy(greedy, np.zeros((n_envs, 2)), epsilon, n_actions, rng)
+                        for _ in range(rounds)])  # [rounds, n_envs]
+    assert actions.dtype == np.int64 and actions.min() >= 0 and actions.max() < n_actions
+    expected = np.full(n_actions, epsilon / n_actions)
+    expected[3] += 1 - epsilon
+    frequencies = np.bincount(actions.ravel(), minlength=n_actions) / actions.size
+    # 160k draws: the standard error of each frequency is at most 0.0013, so 0.006 is over 4 of them
+    np.testing.assert_allclose(frequencies, expected, atol=0.006)
+    if epsilon == 1.0:
+        assert calls == []  # every env explores: no network call
+    else:
+        assert len(calls) > 0.99 * rounds and set(calls) == {n_envs}
+
+
+def test_epsilon_greedy_draw_picks_a_uniform_action_below_epsilon():
+    """The draw u that decides to explore also picks the action floor(u / eps * n), clipped to n - 1."""
+
+    class FixedDraws:
+        def __init__(self, u):
+            self.u = np.asarray(u)
+
+        def random(self, size):
+            assert size == len(self.u)
+            return self.u.copy()
+
+    greedy = lambda obs: np.array([7, 7, 7, 7])  # noqa: E731
+    u = [0.0, 0.0999, 0.1999999999, 0.5]
+    assert dqn.epsilon_greedy(greedy, np.zeros((4, 1)), 0.2, 4, FixedDraws(u)).tolist() == [0, 1, 3, 7]
+    # u just below epsilon never gives action n
+    assert dqn.epsilon_greedy(greedy, np.zeros((1, 1)), 0.3, 3, FixedDraws([np.nextafter(0.3, 0)])).tolist() == [2]
+
+
 @pytest.mark.parametrize("step, n, every, expected", [(10, 1, 10, 1), (9, 1, 10, 0), (12, 3, 10, 1), (9, 3, 10, 0),
                                                       (40, 16, 4, 4), (30, 3, 10, 1), (33, 3, 10, 0)])
 def test_multiples_passed_counts_sync_points_crossed_by_one_iteration(step, n, every, expected):

@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # blocks every script shares with dqn.py
-SHARED_BY_ALL = ["ConfigError", "linear_schedule", "td_target", "update_target", "multiples_passed", "evaluate",
+SHARED_BY_ALL = ["ConfigError", "linear_schedule", "epsilon_greedy", "td_target", "update_target", "multiples_passed", "evaluate",
                  "save_checkpoint", "load_checkpoint", "RunLogger", "truncate_metrics", "choose_device",
                  "seed_everything", "cli"]
 # blocks the vector-observation scripts also share
