@@ -11,7 +11,8 @@ episodes of that seed. Published reference values are drawn as labelled horizont
 
 The table gives, per script and env, the final evaluation return: each seed's summary.json `eval_mean` (the mean of
 its final greedy evaluation), as the mean ± standard deviation over seeds, with the number of seeds, env steps and
-wall time per run. Only finished runs count (summary.json with a status other than "interrupted"); with
+wall time per run, and the env steps to the first evaluation whose mean reached the env's "solved" threshold
+(the median over seeds, and each seed's). Only finished runs count (summary.json with a status other than "interrupted"); with
 --include-unfinished, runs still going or interrupted are drawn and tabulated too, marked "partial", their
 "final" value being the last evaluation in their metrics.csv.
 """
@@ -19,6 +20,7 @@ wall time per run. Only finished runs count (summary.json with a status other th
 import argparse
 import csv
 import json
+import math
 import re
 import sys
 import textwrap
@@ -335,10 +337,37 @@ def final_values(run: Run) -> tuple[Optional[float], int, float]:
     return (float(evals[-1, 2]) if evals is not None and len(evals) else None), steps, wall
 
 
+def solved_threshold(env_id: str) -> Optional[float]:
+    """The env's "solved" return from REFERENCES (gymnasium's reward threshold), or None."""
+    return next((reference.value for reference in REFERENCES.get(env_id, [])
+                 if reference.label == "solved threshold"), None)
+
+
+def first_step_reaching(run: Run, threshold: float) -> Optional[int]:
+    """Env steps at the run's first evaluation whose mean reaches `threshold` (None: no evaluation did)."""
+    evals = run.metrics.get("eval/episodic_return")
+    if evals is None:
+        return None
+    reached = evals[evals[:, 2] >= threshold]
+    return int(reached[:, 0].min()) if len(reached) else None
+
+
+def steps_to_threshold_text(runs: list[Run], threshold: Optional[float]) -> str:
+    """"median (s1: steps, s2: ...)" of the steps to the first evaluation at or above `threshold`; a seed that never
+    got there counts as infinitely many steps ("never")."""
+    if threshold is None:
+        return "-"
+    steps = [first_step_reaching(run, threshold) for run in runs]
+    median = float(np.median([math.inf if step is None else step for step in steps]))
+    per_seed = ", ".join(f"s{run.args['seed']}: " + (f"{step:,}" if step is not None else "never")
+                         for run, step in zip(runs, steps))
+    return f"{median:,.0f} ({per_seed})" if math.isfinite(median) else f"never ({per_seed})"
+
+
 def table(groups: list[Group], envs: list[str]) -> str:
     lines = ["| script | env | seeds | final eval return (mean ± std over seeds) | per seed | env steps | "
-             "wall time per run | published |",
-             "| --- | --- | ---: | ---: | --- | ---: | ---: | --- |"]
+             "wall time per run | env steps to the first eval ≥ solved: median (per seed) | published |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: | --- | --- |"]
     resumed = False
     for env_id in envs:
         for group in sorted((g for g in groups if g.env_id == env_id), key=lambda g: g.exp_name):
@@ -353,11 +382,14 @@ def table(groups: list[Group], envs: list[str]) -> str:
             if any(run.args.get("resume") for run, *_ in values):
                 resumed, wall = True, wall + " †"
             published = "; ".join(reference_text(reference) for reference in REFERENCES.get(env_id, []))
+            to_solved = steps_to_threshold_text([run for run, *_ in values], solved_threshold(env_id))
             lines.append(f"| {group.label} | {env_id} | {len(values)} | {result} | {per_seed} | {steps_text} | "
-                         f"{wall} | {published or '-'} |")
+                         f"{wall} | {to_solved} | {published or '-'} |")
     notes = ["", "Final eval return: each seed's `eval_mean` in summary.json, the mean return of the final greedy "
              "evaluation; ± is the standard deviation over seeds (numpy `std`, ddof=0). Wall time: mean over seeds "
-             "of `wall_time_s`, each run on one CPU thread, several at a time."]
+             "of `wall_time_s`, each run on one CPU thread, several at a time. Env steps to the first eval ≥ solved: "
+             "the step of each seed's first evaluation whose mean reached the env's solved threshold (below), "
+             "and the median over seeds, a seed that never reached it counting as more than any other."]
     if any(group.partial for group in groups):
         notes.append("[partial]: at least one seed has not finished; its value is the last evaluation logged in "
                      "metrics.csv, at the step count shown.")

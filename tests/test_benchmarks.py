@@ -133,7 +133,8 @@ def test_plotter_writes_curves_and_a_table_matching_the_summaries(tiny_benchmark
     assert cells[4] == ", ".join(f"s{summary['seed']}: {summary['eval_mean']:.2f}" for summary in summaries)
     assert cells[5] == "3,000"
     assert cells[6] == plot_module.format_seconds(np.mean([summary["wall_time_s"] for summary in summaries]))
-    assert "475.00 solved threshold" in cells[7]
+    assert cells[7] == "never (s1: never, s2: never)"  # 3,000 steps are too few to balance a pole for 475 steps
+    assert "475.00 solved threshold" in cells[8]
 
 
 def test_shards_partition_the_combinations_whatever_the_order_given(fake_script):
@@ -258,3 +259,21 @@ def test_smoothing_is_a_trailing_mean_over_the_stated_window():
     values = np.array([0.0, 10.0, 20.0, 30.0, 40.0])
     assert plot_module.trailing_mean(values, 1).tolist() == values.tolist()
     assert plot_module.trailing_mean(values, 3).tolist() == [0.0, 5.0, 10.0, 20.0, 30.0]
+
+
+def test_table_gives_the_steps_to_the_first_evaluation_at_the_solved_threshold(tmp_path):
+    evaluations = {1: [(100, 480.0), (200, 500.0)], 2: [(100, 300.0), (200, 474.9), (300, 475.0)], 3: [(100, 20.0)]}
+    for seed, evals in evaluations.items():
+        write_run(tmp_path, seed, "finished", evals[-1][1])
+        with (tmp_path / f"CartPole-v1__dqn__{seed}__{1000 + seed}" / "metrics.csv").open("a") as metrics:
+            metrics.writelines(f"{step},{1000 + seed + step / 100},eval/episodic_return,{value}\n"
+                               for step, value in evals)
+    (group,) = plot_module.group_runs(plot_module.load_runs([tmp_path]), include_unfinished=False)
+    runs = sorted(group.runs, key=lambda run: run.args["seed"])
+    assert [plot_module.first_step_reaching(run, 475.0) for run in runs] == [100, 300, None]
+    # the median of 100, 300 and never is 300; with seed 3 left out, the median of 100 and 300
+    assert plot_module.steps_to_threshold_text(runs, 475.0) == "300 (s1: 100, s2: 300, s3: never)"
+    assert plot_module.steps_to_threshold_text(runs[:2], 475.0) == "200 (s1: 100, s2: 300)"
+    assert plot_module.steps_to_threshold_text(runs[2:], 475.0) == "never (s3: never)"
+    markdown = plot_module.table([group], ["CartPole-v1"])
+    assert "| 300 (s1: 100, s2: 300, s3: never) |" in markdown
