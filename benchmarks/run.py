@@ -388,12 +388,18 @@ def start(job: Job, runs_dir: Path, logs_dir: Path, extra_args: list[str], threa
         log.write(header)
         log.flush()
     try:
+        # a runner started in the background (`nohup ... &`) has SIGINT ignored, and a child would inherit that and
+        # never see the SIGINT that asks it to save a checkpoint and stop: each run gets the default disposition
         job.process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=environment,
-                                       start_new_session=True)
+                                       start_new_session=True, preexec_fn=default_sigint)
     finally:
         stdout.close()
         stderr.close()
     job.started = time.monotonic()
+
+
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def last_line(path: Path) -> str:

@@ -7,9 +7,11 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,14 @@ FAKE_SCRIPT = textwrap.dedent('''
     (run_dir / "args.json").write_text(json.dumps(vars(args)))
     (run_dir / "argv.json").write_text(json.dumps(sys.argv[1:]))
     (run_dir / "metrics.csv").write_text("global_step,wall_time,name,value\\n")
-    summary = {"script": "fake", "env_id": args.env_id, "seed": args.seed, "status": "finished",
+    status = "finished"
+    if os.environ.get("FAKE_WAIT"):  # wait for a Ctrl-C, as a long run would
+        try:
+            (run_dir / "waiting").write_text("")
+            time.sleep(60)
+        except KeyboardInterrupt:
+            status = "interrupted"
+    summary = {"script": "fake", "env_id": args.env_id, "seed": args.seed, "status": status,
                "global_step": args.total_timesteps, "wall_time_s": 0.1, "sps": 1000.0, "eval_mean": float(args.seed),
                "eval_std": 0.0, "eval_returns": [float(args.seed)], "best_eval_mean": float(args.seed),
                "run_dir": str(run_dir)}
@@ -215,6 +224,26 @@ def test_unfinished_runs_are_resumed_from_a_checkpoint_or_else_restarted(fake_sc
     assert (runs_dir / "_unfinished" / crashed.name / "args.json").is_file() and not crashed.exists()
     seed_2_runs = [name for name in run_dirs(runs_dir) if name.startswith("A-v0__fake__2__")]
     assert len(seed_2_runs) == 1 and seed_2_runs[0] != crashed.name
+
+
+def test_a_runner_started_in_the_background_still_interrupts_its_runs(fake_script, tmp_path):
+    """A background job (`nohup python benchmarks/run.py ... &`) starts with SIGINT ignored; its runs must not inherit
+    that, or the SIGINT the runner sends them on SIGTERM never arrives and they go on running."""
+    runs_dir = tmp_path / "runs"
+    runner = subprocess.Popen([sys.executable, str(RUNNER), "--scripts", f"{fake_script}:A-v0", "--seeds", "1",
+                               "--runs-dir", str(runs_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "FAKE_WAIT": "1"},
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 60
+    while not list(runs_dir.glob("*/waiting")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(runs_dir.glob("*/waiting")), "the run never started"
+    runner.send_signal(signal.SIGTERM)
+    stdout, stderr = runner.communicate(timeout=30)  # the run stops at once, not after its 60 s or the 120 s wait
+    assert runner.returncode == 130, stdout + stderr
+    (run_dir,) = [runs_dir / name for name in run_dirs(runs_dir)]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert "exit status 0" in stderr
 
 
 def test_extra_args_that_contradict_a_finished_run_are_refused(fake_script, tmp_path):
