@@ -11,11 +11,10 @@ episodes of that seed. Published reference values are drawn as labelled horizont
 
 The table gives, per script and env, the final evaluation return: each seed's summary.json `eval_mean` (the mean of
 its final greedy evaluation), as the mean ± standard deviation over seeds, with the number of seeds, env steps and
-wall time per run, and the env steps to the first evaluation whose mean reached the env's "solved" threshold
-(the median over seeds, and each seed's). Only finished runs count (summary.json with a status other than "interrupted"); with
---include-unfinished, runs still going or interrupted are drawn and tabulated too, marked "partial", their
-"final" value being the last evaluation in their metrics.csv.
-"""
+wall time per run, and the env steps to the first evaluation whose mean reached the env's "solved" threshold (the
+median over seeds, and each seed's). Only finished runs count (summary.json with a status other than "interrupted");
+with --include-unfinished, runs still going or interrupted are drawn and tabulated too, marked "partial", their
+"final" value being the last evaluation in their metrics.csv. """
 
 import argparse
 import csv

@@ -9,8 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # blocks every script shares with dqn.py
-SHARED_BY_ALL = ["ConfigError", "linear_schedule", "epsilon_greedy", "td_target", "update_target", "multiples_passed", "evaluate",
-                 "save_checkpoint", "load_checkpoint", "RunLogger", "truncate_metrics", "choose_device",
+SHARED_BY_ALL = ["ConfigError", "linear_schedule", "epsilon_greedy", "td_target", "update_target", "multiples_passed",
+                 "evaluate", "save_checkpoint", "load_checkpoint", "RunLogger", "truncate_metrics", "choose_device",
                  "seed_everything", "cli"]
 # blocks the vector-observation scripts also share
 SHARED_BY_VECTOR_SCRIPTS = ["check_args", "env_spaces", "make_env", "QNetwork", "ReplayBuffer"]
