@@ -14,7 +14,8 @@ its final greedy evaluation), as the mean ± standard deviation over seeds, with
 wall time per run, and the env steps to the first evaluation whose mean reached the env's "solved" threshold (the
 median over seeds, and each seed's). Only finished runs count (summary.json with a status other than "interrupted");
 with --include-unfinished, runs still going or interrupted are drawn and tabulated too, marked "partial", their
-"final" value being the last evaluation in their metrics.csv. """
+"final" value being the last evaluation in their metrics.csv.
+"""
 
 import argparse
 import csv
