@@ -55,7 +55,7 @@ def test_td_target_bootstraps_after_truncation_with_the_given_gamma():
 def test_hard_target_update_copies_the_online_network_exactly():
     torch.manual_seed(0)
     online, target = dqn.QNetwork(4, 2, (8,)), dqn.QNetwork(4, 2, (8,))
-    dqn.update_target(target, online, tau=1.0)
+    dqn.update_target(list(target.parameters()), list(online.parameters()), tau=1.0)
     for target_param, param in zip(target.parameters(), online.parameters()):
         assert torch.equal(target_param, param)
 
@@ -67,9 +67,9 @@ def test_soft_target_update_is_polyak_averaging():
             param.fill_(2.0)
         for param in target.parameters():
             param.fill_(10.0)
-    dqn.update_target(target, online, tau=0.25)  # 0.25 * 2 + 0.75 * 10 = 8
+    dqn.update_target(list(target.parameters()), list(online.parameters()), tau=0.25)  # 0.25 * 2 + 0.75 * 10 = 8
     assert all(torch.allclose(param, torch.full_like(param, 8.0)) for param in target.parameters())
-    dqn.update_target(target, online, tau=0.5)  # 0.5 * 2 + 0.5 * 8 = 5
+    dqn.update_target(list(target.parameters()), list(online.parameters()), tau=0.5)  # 0.5 * 2 + 0.5 * 8 = 5
     assert all(torch.allclose(param, torch.full_like(param, 5.0)) for param in target.parameters())
 
 
