@@ -59,7 +59,7 @@ SEARCH_SPACES: dict[str, dict[str, str]] = {
         "learning-rate": "log:1e-4:3e-3",
         "gamma": "choice:0.95,0.98,0.99,0.995",
         "batch-size": "choice:32,64,128,256",
-        "target-network-frequency": "choice:100,250,500,1000,2000",
+        "tau": "log:0.001:0.05",  # a soft target update every step (--target-network-frequency 1)
         "exploration-fraction": "uniform:0.05:0.5",
         "hidden-sizes": "choice:64 64,120 84,128 128,256 256",
     },
