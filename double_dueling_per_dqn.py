@@ -96,8 +96,9 @@ class Args:
     """gymnasium id of the environment (any registered id, or `module:Env-v0`); an ale-py id is played from pixels"""
     total_timesteps: int = 300_000
     """env steps to train for, summed over all envs (dqn_lunar.py's budget)"""
-    learning_rate: float = 1e-3
-    """Adam learning rate (our LunarLander-v3 pilot runs; rl-baselines3-zoo: 6.3e-4)"""
+    learning_rate: float = 6.3e-4
+    """Adam learning rate (dqn_lunar.py's, from rl-baselines3-zoo; Schaul et al. 2016 divide theirs by 4 for
+    prioritized replay, which Adam's step size normalisation makes unnecessary)"""
     num_envs: int = 1
     """number of environments stepped together"""
     buffer_size: int = 50_000
@@ -109,23 +110,23 @@ class Args:
     target_network_frequency: int = 1000
     """env steps between target network updates: every 250 gradient steps (rl-baselines3-zoo: 250 env steps, with
     one gradient step per env step)"""
-    batch_size: int = 64
-    """transitions per gradient step (our pilot runs; rl-baselines3-zoo: 128, Schaul et al. 2016: 32)"""
+    batch_size: int = 128
+    """transitions per gradient step (dqn_lunar.py and rl-baselines3-zoo: 128, Schaul et al. 2016: 32)"""
     start_e: float = 1.0
     """exploration epsilon at the start"""
     end_e: float = 0.1
     """exploration epsilon at the end of the schedule (rl-baselines3-zoo: 0.1)"""
-    exploration_fraction: float = 0.12
-    """fraction of `total_timesteps` over which epsilon goes linearly from `start_e` to `end_e`
-    (rl-baselines3-zoo: 0.12)"""
+    exploration_fraction: float = 0.2
+    """fraction of `total_timesteps` over which epsilon goes linearly from `start_e` to `end_e` (dqn_lunar.py's:
+    the first 60k steps; rl-baselines3-zoo: 0.12)"""
     learning_starts: int = 1_000
     """env steps of random play that fill the buffer before learning starts (rl-baselines3-zoo: 0)"""
     train_frequency: int = 4
     """env steps between training phases (Mnih et al. 2015 and rl-baselines3-zoo: 4)"""
     gradient_steps: int = 1
     """gradient steps per training phase (Mnih et al. 2015: 1; rl-baselines3-zoo: -1, one per env step)"""
-    hidden_sizes: tuple[int, ...] = (128, 128)
-    """widths of the hidden layers after the torso (our pilot runs; rl-baselines3-zoo: 256 256); with --dueling the
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """widths of the hidden layers after the torso (dqn_lunar.py and rl-baselines3-zoo: 256 256); with --dueling the
     value and the advantage stream each get their own copy of the last one (Wang et al. 2016)"""
     loss: Literal["mse", "huber"] = "huber"
     """TD loss: mean squared error, or Huber (smooth L1 with delta 1, the paper's error clipping; SB3's default)"""
