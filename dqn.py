@@ -10,7 +10,7 @@ terminations. Every departure from the paper is listed in the README ("Implement
     python dqn.py --resume runs/<run>/checkpoint.pt # continue an interrupted run
 
 Reproduces: CartPole-v1 solved (final evaluation mean >= 475 over 10 episodes) for seeds 1-5 within 70k env steps,
-about a minute per seed on a 2-core CPU; see the README's results table.
+42-52 s per seed (the whole process) on a 2-core CPU; see the README's results table.
 """
 
 import csv
