@@ -311,10 +311,8 @@ def epsilon_greedy(greedy_actions: Callable[[np.ndarray], np.ndarray], obs: np.n
     u = rng.random(len(obs))  # [N]
     explore = u < epsilon
     n_explore = np.count_nonzero(explore)
-    if n_explore == len(u):
-        return np.minimum((u * (n_actions / epsilon)).astype(np.int64), n_actions - 1)  # min: rounding of u/eps
-    actions = greedy_actions(obs)  # [N]
-    if n_explore:
+    actions = np.empty(len(u), dtype=np.int64) if n_explore == len(u) else greedy_actions(obs)  # [N]
+    if n_explore:  # min: u / epsilon may round up to 1
         actions[explore] = np.minimum((u[explore] * (n_actions / epsilon)).astype(np.int64), n_actions - 1)
     return actions
 
