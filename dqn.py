@@ -77,8 +77,8 @@ class Args:
     env_id: str = "CartPole-v1"
     """gymnasium id of the environment (any registered id, or `module:Env-v0`)"""
     total_timesteps: int = 70_000
-    """env steps to train for, summed over all envs (our CartPole-v1 sweep: every seed holds 500 from 50-60k on;
-    CleanRL: 500_000)"""
+    """env steps to train for, summed over all envs (our CartPole-v1 sweep, where every seed holds 500 from 50-60k
+    steps on; CleanRL: 500_000)"""
     learning_rate: float = 1e-3
     """Adam learning rate (our CartPole-v1 sweep; CleanRL: 2.5e-4)"""
     num_envs: int = 1
@@ -88,9 +88,9 @@ class Args:
     gamma: float = 0.99
     """discount factor"""
     tau: float = 0.005
-    """target network update rate: 1 copies the online network (hard update), < 1 blends it in (Polyak averaging;
-    our CartPole-v1 sweep: 0.005 every step ended at 500 for 5 of 5 seeds, a hard copy every 500 steps for 1 of 3;
-    CleanRL: 1)"""
+    """target network update rate: 1 copies the online network (hard update), < 1 blends it in (Polyak averaging; in
+    our CartPole-v1 sweep 0.005 every step ended at 500 for 5 of 5 seeds, a hard copy every 500 steps for 1 of 3
+    seeds; CleanRL: 1)"""
     target_network_frequency: int = 1
     """env steps between target network updates (CleanRL: 500 with tau 1)"""
     batch_size: int = 128
