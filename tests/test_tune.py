@@ -44,8 +44,9 @@ def load(storage: str, study_name: str) -> optuna.Study:
 
 
 def max_logged_step(run_dir: Path) -> int:
+    """The last step in the run's metrics.csv; 0 when it holds only the header (stopped before its first episode)."""
     with open(run_dir / "metrics.csv", newline="") as file:
-        return max(int(row["global_step"]) for row in csv.DictReader(file))
+        return max((int(row["global_step"]) for row in csv.DictReader(file)), default=0)
 
 
 def test_tiny_study_completes_with_sqlite_and_writes_best_parameters(tmp_path):
