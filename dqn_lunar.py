@@ -201,6 +201,53 @@ def make_env(env_id: str, video_dir: Optional[str] = None, video_prefix: str = "
     return thunk
 
 
+class SameStepVectorEnv(gym.vector.VectorEnv):
+    """`num_envs` envs stepped one after another in this process, each reset in the same `step` that ends its
+    episode: gymnasium's `SyncVectorEnv` in `SAME_STEP` autoreset mode, step for step, with the same infos.
+
+    The returned obs of a finished env already starts its next episode; its true last obs is in
+    `infos["final_obs"][i]` and its last info (with `RecordEpisodeStatistics`' `"episode"`) in `infos["final_info"]`,
+    each with a mask (`infos["_final_obs"]`, ...). Written out because `SyncVectorEnv`'s generic machinery (action
+    iteration, observation concatenation, deep copies) costs ~25 us per step, twice a CartPole step itself."""
+
+    def __init__(self, env_fns: list[Callable[[], gym.Env]]):
+        self.envs = [env_fn() for env_fn in env_fns]
+        self.num_envs = len(self.envs)
+        self.metadata = self.envs[0].metadata | {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+        self.single_observation_space = self.envs[0].observation_space
+        self.single_action_space = self.envs[0].action_space
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[np.ndarray, dict]:
+        """Reset every env, env i with `seed + i` (as `SyncVectorEnv` does)."""
+        infos, obs = {}, []
+        for i, env in enumerate(self.envs):
+            env_obs, env_info = env.reset(seed=None if seed is None else seed + i, options=options)
+            obs.append(env_obs)
+            infos = self._add_info(infos, env_info, i)
+        return np.stack(obs), infos
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        n, space = self.num_envs, self.single_observation_space
+        obs = np.empty((n, *space.shape), dtype=space.dtype)
+        rewards, terminations, truncations = np.empty(n), np.empty(n, dtype=bool), np.empty(n, dtype=bool)
+        infos = {}
+        for i, (env, action) in enumerate(zip(self.envs, actions.tolist())):  # Python ints: the cheapest to check
+            env_obs, rewards[i], terminations[i], truncations[i], env_info = env.step(action)
+            if terminations[i] or truncations[i]:
+                infos = self._add_info(infos, {"final_obs": env_obs, "final_info": env_info}, i)
+                env_obs, env_info = env.reset()
+            if env_info:  # most steps of most envs report nothing
+                infos = self._add_info(infos, env_info, i)
+            obs[i] = env_obs
+        return obs, rewards, terminations, truncations, infos
+
+    def close_extras(self, **kwargs) -> None:
+        for env in self.envs:
+            env.close()
+
+
 class QNetwork(nn.Module):
     """MLP mapping an observation to one Q-value per action."""
 
@@ -513,8 +560,7 @@ def main(args: Args) -> dict:
                                id=run_dir.name.replace(".", "-"), resume="allow", dir=str(run_dir),
                                config=dataclasses.asdict(args))
     logger = RunLogger(run_dir / "metrics.csv", wandb_run)
-    envs = gym.vector.SyncVectorEnv([make_env(args.env_id) for _ in range(args.num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs = SameStepVectorEnv([make_env(args.env_id) for _ in range(args.num_envs)])
 
     def checkpoint_state() -> dict:
         return {"script": SCRIPT, "env_id": args.env_id, "args": dataclasses.asdict(args), "global_step": global_step,

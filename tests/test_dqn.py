@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -222,6 +223,43 @@ def test_training_loop_stores_only_true_transitions(tmp_path, num_envs):
     truncated = (next_obs[:, 2] == 8) & (next_obs[:, 3] == 0)
     assert truncated.sum() > 5 and terminations.sum() > 20  # both kinds of episode end were exercised
     assert len(np.unique(obs[:, 0])) == num_envs
+
+
+
+def test_same_step_vector_env_matches_gymnasium_sync_vector_env_step_for_step():
+    """Three CartPoles with a 16-step time limit under the same random actions: every obs, reward, termination,
+    truncation, final obs and episode statistic equals what gymnasium's SyncVectorEnv in SAME_STEP mode returns."""
+    def thunk():
+        return gym.wrappers.RecordEpisodeStatistics(gym.make("CartPole-v1", max_episode_steps=16))
+
+    ours = dqn.SameStepVectorEnv([thunk] * 3)
+    theirs = gym.vector.SyncVectorEnv([thunk] * 3, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs, _ = ours.reset(seed=7)
+    expected_obs, _ = theirs.reset(seed=7)
+    assert np.array_equal(obs, expected_obs) and obs.dtype == expected_obs.dtype
+    rng = np.random.default_rng(0)
+    ends = {"terminated": 0, "truncated": 0}
+    for _ in range(300):
+        actions = rng.integers(0, 2, size=3)
+        step, expected = ours.step(actions), theirs.step(actions)
+        for value, expected_value in zip(step[:4], expected[:4]):
+            assert np.array_equal(value, expected_value) and value.dtype == expected_value.dtype
+        infos, expected_infos = step[4], expected[4]
+        assert set(infos) == set(expected_infos)
+        if "_final_obs" in expected_infos:
+            assert np.array_equal(infos["_final_obs"], expected_infos["_final_obs"])
+            for i in np.flatnonzero(expected_infos["_final_obs"]):
+                assert np.array_equal(infos["final_obs"][i], expected_infos["final_obs"][i])
+            episode, expected_episode = infos["final_info"]["episode"], expected_infos["final_info"]["episode"]
+            assert np.array_equal(infos["final_info"]["_episode"], expected_infos["final_info"]["_episode"])
+            assert np.array_equal(episode["r"], expected_episode["r"])
+            assert np.array_equal(episode["l"], expected_episode["l"])
+        ends["terminated"] += int(step[2].sum())
+        ends["truncated"] += int(step[3].sum())
+    assert ends["terminated"] > 10 and ends["truncated"] > 10  # both kinds of episode end were exercised
+    ours.close()
+    theirs.close()
+    assert ours.closed
 
 
 # -------------------------------------------------------------------------------------------------------------- bad input
