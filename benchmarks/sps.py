@@ -2,6 +2,7 @@
 
     python benchmarks/sps.py              # a few minutes on a 2-core CPU
     python benchmarks/sps.py --steps 40000 --num-envs 1 4 16 --rounds 5
+    python benchmarks/sps.py --cleanrl "/path/to/venv/bin/python /path/to/cleanrl/dqn.py"   # time the real CleanRL too
 
 The fixed configuration is CleanRL's dqn.py default (MLP 120-84, batch 128, train every 10 steps, target every 500,
 buffer 10k, learning starts 10k, Adam 2.5e-4, epsilon 1 -> 0.05; here over the 10k warm-up steps, so the
@@ -14,6 +15,11 @@ timed steps are all in the steady learning phase). Printed:
    ReplayBuffer, default Adam), and dqn.py itself at num_envs 1 and more, both timed over their learning phase only,
    by wall time and by CPU time. Everything runs on one torch thread, so CPU time is what the wall time would be on
    an idle machine: the CPU figures hold on a shared, busy machine, where wall-clock figures do not.
+3. with `--cleanrl COMMAND`, CleanRL's own dqn.py as well, run as a subprocess (COMMAND is the python and the script;
+   CleanRL pins gymnasium 0.29, so it needs its own virtual environment) with `--total-timesteps N
+   --exploration-fraction F --no-cuda` and `OMP_NUM_THREADS=1`, in a temporary directory (it writes TensorBoard files
+   there), timed by the subprocess's wall and CPU time. Its defaults are the configuration above. Ratios are then
+   given against it too.
 
 Every figure comes from this run on this machine, so compare the ratios, not the absolute numbers across machines.
 """
@@ -24,6 +30,9 @@ import copy
 import io
 import os
 import random
+import resource
+import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +72,9 @@ def floor_components() -> dict:
     envs.reset(seed=0)
     actions = np.zeros(1, dtype=np.int64)
     env_step = per_call_us(lambda: envs.step(actions), 4000)
+    lean_envs = dqn.SameStepVectorEnv([dqn.make_env("CartPole-v1")])
+    lean_envs.reset(seed=0)
+    env_step_lean = per_call_us(lambda: lean_envs.step(actions), 4000)
 
     torch.manual_seed(0)
     q_network = dqn.QNetwork(4, 2, CLEANRL["hidden_sizes"])
@@ -94,7 +106,8 @@ def floor_components() -> dict:
     update_naive = per_call_us(update_with(torch.optim.Adam(q_network.parameters(), lr=2.5e-4)), 300)
     update_lean = per_call_us(update_with(torch.optim.Adam(q_network.parameters(), lr=2.5e-4, fused=True)), 300)
     envs.close()
-    return dict(env_step=env_step, forward_torch=forward_torch, forward_lean=forward_lean,
+    lean_envs.close()
+    return dict(env_step=env_step, env_step_lean=env_step_lean, forward_torch=forward_torch, forward_lean=forward_lean,
                 update_naive=update_naive, update_lean=update_lean)
 
 
@@ -147,6 +160,22 @@ def dqn_run(total_timesteps: int, num_envs: int, runs_dir: str) -> None:
         dqn.main(args)
 
 
+def cleanrl_run(command: list[str], total_timesteps: int, runs_dir: str) -> tuple[float, float]:
+    """Run CleanRL's dqn.py for `total_timesteps` with the same absolute epsilon schedule; return its (wall, CPU)
+    seconds, the CPU time read from the finished child's resource usage."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    finished = subprocess.run([*command, "--total-timesteps", str(total_timesteps), "--exploration-fraction",
+                               str(EXPLORATION_STEPS / total_timesteps), "--no-cuda", "--seed", "1"], cwd=runs_dir,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=os.environ | {"OMP_NUM_THREADS": "1"})
+    if finished.returncode != 0:
+        sys.exit(f"CleanRL's dqn.py failed (exit code {finished.returncode}):\n{finished.stderr[-2000:]}")
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
 def learning_phase_sps(run, short: int, long: int) -> tuple[float, float]:
     """Steps per second of the steps between `short` and `long`, by wall time and by CPU time: run the contender for
     both lengths and divide the extra steps by the extra time, which cancels set-up, the random-play warm-up before
@@ -155,8 +184,8 @@ def learning_phase_sps(run, short: int, long: int) -> tuple[float, float]:
     times = {}
     for steps in (short, long):
         wall, cpu = time.perf_counter(), time.process_time()
-        run(steps)
-        times[steps] = (time.perf_counter() - wall, time.process_time() - cpu)
+        child_times = run(steps)  # a subprocess contender returns its own (wall, CPU) seconds
+        times[steps] = child_times or (time.perf_counter() - wall, time.process_time() - cpu)
     return ((long - short) / (times[long][0] - times[short][0]), (long - short) / (times[long][1] - times[short][1]))
 
 
@@ -166,25 +195,35 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each contender's best is kept")
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16], help="num_envs values for dqn.py")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--cleanrl", metavar="COMMAND", help="also time CleanRL's dqn.py: its python and script, "
+                        "e.g. '/path/to/cleanrl-venv/bin/python /path/to/cleanrl/cleanrl/dqn.py'")
     options = parser.parse_args()
     if options.steps < 1000:
         parser.error("--steps must be at least 1000")
+    cleanrl_command = shlex.split(options.cleanrl) if options.cleanrl else None
+    if cleanrl_command is not None:
+        try:
+            subprocess.run([*cleanrl_command, "--help"], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as error:
+            parser.error(f"--cleanrl {options.cleanrl!r} does not run: {error}")
     torch.set_num_threads(options.threads)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores; CartPole-v1, "
           f"CleanRL's dqn.py configuration\n")
     c = floor_components()
     naive_step = c["env_step"] + c["forward_torch"] + c["update_naive"] / CLEANRL["train_frequency"]
-    lean_step = c["env_step"] + c["forward_lean"] + c["update_lean"] / CLEANRL["train_frequency"]
+    lean_step = c["env_step_lean"] + c["forward_lean"] + c["update_lean"] / CLEANRL["train_frequency"]
     print("floor components (CPU time per call, best of 5 repeats)")
-    print(f"  vector-env step (SyncVectorEnv + RecordEpisodeStatistics)  {c['env_step']:8.1f} us")
+    print(f"  vector-env step, gymnasium SyncVectorEnv (SAME_STEP)       {c['env_step']:8.1f} us")
+    print(f"  vector-env step, dqn.py SameStepVectorEnv                  {c['env_step_lean']:8.1f} us")
     print(f"  batch-1 action, torch eager forward                        {c['forward_torch']:8.1f} us")
     print(f"  batch-1 action, dqn.py greedy_actions (NumPy views)        {c['forward_lean']:8.1f} us")
     print(f"  batch-128 update, default Adam                             {c['update_naive']:8.1f} us")
     print(f"  batch-128 update, fused Adam (dqn.py)                      {c['update_lean']:8.1f} us")
-    print(f"  naive floor: env + torch forward + update/10   {naive_step:7.1f} us/step = {1e6 / naive_step:7,.0f} SPS")
-    print(f"  lean floor:  env + NumPy forward + fused/10    {lean_step:7.1f} us/step = {1e6 / lean_step:7,.0f} SPS")
-    print("  (both floors assume a network call on every step; with epsilon-greedy, exploring steps skip it)\n")
+    print(f"  naive floor: env + torch forward + update/10       {naive_step:7.1f} us/step = {1e6 / naive_step:7,.0f} SPS")
+    print(f"  lean floor:  lean env + NumPy forward + fused/10  {lean_step:7.1f} us/step = {1e6 / lean_step:7,.0f} SPS")
+    print("  (both floors assume a network call on every step; with epsilon-greedy, exploring steps skip it;\n"
+          "   both env steps run CartPole-v1 wrapped in RecordEpisodeStatistics)\n")
 
     # alternate the contenders over several rounds and keep each one's best: on a shared machine the least-disturbed
     # round is the closest to the true speed, and alternating exposes every contender to the same load
@@ -192,20 +231,30 @@ def main() -> None:
     best: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as runs_dir:
         contenders = {"naive reference loop (CleanRL pattern)": reference_loop}
+        if cleanrl_command is not None:
+            contenders["CleanRL dqn.py (subprocess)"] = lambda steps: cleanrl_run(cleanrl_command, steps, runs_dir)
         contenders |= {f"dqn.py num_envs={n}": (lambda steps, n=n: dqn_run(steps, n, runs_dir)) for n in options.num_envs}
+        # one untimed run each first: a contender's first call in this process pays one-time costs (imports, first
+        # torch calls) that would otherwise fall into its first short run and inflate its steps per second
+        for name, run in contenders.items():
+            if "subprocess" not in name:
+                run(short)
         for round_index in range(options.rounds):
             for name, run in contenders.items():
                 wall, cpu = learning_phase_sps(run, short, long)
                 old_wall, old_cpu = best.get(name, (0.0, 0.0))
                 best[name] = (max(old_wall, wall), max(old_cpu, cpu))
             print(f"round {round_index + 1}/{options.rounds} done", flush=True)
-    reference_wall, reference_cpu = best["naive reference loop (CleanRL pattern)"]
     print(f"\nenv steps per second over {options.steps:,} learning-phase steps (epsilon 0.05), best of {options.rounds} "
           f"alternating rounds;\nby wall time, and by CPU time (= wall time on an idle machine, for one thread)")
-    print(f"  {'':42s} {'wall SPS':>9s} {'ratio':>6s} {'CPU SPS':>9s} {'ratio':>6s} {'vs naive floor':>15s}")
-    for name, (wall, cpu) in best.items():
-        print(f"  {name:42s} {wall:9,.0f} {wall / reference_wall:5.2f}x {cpu:9,.0f} {cpu / reference_cpu:5.2f}x "
-              f"{cpu * naive_step / 1e6:14.2f}x")
+    references = ["naive reference loop (CleanRL pattern)"] + (["CleanRL dqn.py (subprocess)"] if cleanrl_command else [])
+    for reference in references:
+        reference_wall, reference_cpu = best[reference]
+        print(f"\nratios to the {reference}")
+        print(f"  {'':42s} {'wall SPS':>9s} {'ratio':>6s} {'CPU SPS':>9s} {'ratio':>6s} {'vs naive floor':>15s}")
+        for name, (wall, cpu) in best.items():
+            print(f"  {name:42s} {wall:9,.0f} {wall / reference_wall:5.2f}x {cpu:9,.0f} {cpu / reference_cpu:5.2f}x "
+                  f"{cpu * naive_step / 1e6:14.2f}x")
 
 if __name__ == "__main__":
     main()
