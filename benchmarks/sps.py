@@ -9,17 +9,18 @@ buffer 10k, learning starts 10k, Adam 2.5e-4, epsilon 1 -> 0.05; here over the 1
 timed steps are all in the steady learning phase). Printed:
 
 1. the floor: the measured cost of one vector-env step, one batch-1 action forward and one batch-128 update, combined
-   into the best possible steps per second for that configuration ("naive" with plain eager PyTorch: a torch forward
-   for every action and the default Adam; "lean" with what dqn.py does instead);
+   into the best possible steps per second for that configuration ("naive" with gymnasium's SyncVectorEnv and plain
+   eager PyTorch: a torch forward for every action and the default Adam; "lean" with what dqn.py does instead);
 2. a reference loop written the way the textbook/CleanRL scripts are (torch forward per greedy action, SB3's
-   ReplayBuffer, default Adam), and dqn.py itself at num_envs 1 and more, both timed over their learning phase only,
+   ReplayBuffer, default Adam, gymnasium's SyncVectorEnv; without CleanRL's TensorBoard writes and prints, so it is
+   somewhat faster than CleanRL's script), and dqn.py itself at num_envs 1 and more, both timed over their learning phase only,
    by wall time and by CPU time. Everything runs on one torch thread, so CPU time is what the wall time would be on
    an idle machine: the CPU figures hold on a shared, busy machine, where wall-clock figures do not.
 3. with `--cleanrl COMMAND`, CleanRL's own dqn.py as well, run as a subprocess (COMMAND is the python and the script;
    CleanRL pins gymnasium 0.29, so it needs its own virtual environment) with `--total-timesteps N
    --exploration-fraction F --no-cuda` and `OMP_NUM_THREADS=1`, in a temporary directory (it writes TensorBoard files
    there), timed by the subprocess's wall and CPU time. Its defaults are the configuration above. Ratios are then
-   given against it too.
+   given against it too. Put its checkout on PYTHONPATH (its dqn.py imports `cleanrl_utils`).
 
 Every figure comes from this run on this machine, so compare the ratios, not the absolute numbers across machines.
 """

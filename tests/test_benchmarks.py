@@ -306,3 +306,31 @@ def test_table_gives_the_steps_to_the_first_evaluation_at_the_solved_threshold(t
     assert plot_module.steps_to_threshold_text(runs[2:], 475.0) == "never (s3: never)"
     markdown = plot_module.table([group], ["CartPole-v1"])
     assert "| 300 (s1: 100, s2: 300, s3: never) |" in markdown
+
+
+def test_sps_times_an_external_cleanrl_script_by_its_own_cpu_time(tmp_path):
+    """`benchmarks/sps.py --cleanrl`: a stand-in for CleanRL's dqn.py that records its arguments and burns CPU in
+    proportion to --total-timesteps; the benchmark must pass CleanRL's flags, single-threaded, and count the child's
+    CPU time (not its own)."""
+    spec = importlib.util.spec_from_file_location("sps", REPO_ROOT / "benchmarks" / "sps.py")
+    sps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sps)
+    fake = tmp_path / "fake_cleanrl.py"
+    fake.write_text(textwrap.dedent('''
+        import json, os, sys, time
+        steps = int(sys.argv[sys.argv.index("--total-timesteps") + 1])
+        start = time.process_time()
+        while time.process_time() - start < steps / 20_000:  # 20,000 "steps" per CPU-second
+            pass
+        with open("calls.jsonl", "a") as file:
+            file.write(json.dumps({"argv": sys.argv[1:], "omp": os.environ.get("OMP_NUM_THREADS")}) + "\\n")
+    '''))
+    short_wall, short_cpu = sps.cleanrl_run([sys.executable, str(fake)], 12_000, str(tmp_path))
+    long_wall, long_cpu = sps.cleanrl_run([sys.executable, str(fake)], 32_000, str(tmp_path))
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert calls[0]["argv"] == ["--total-timesteps", "12000", "--exploration-fraction", str(10_000 / 12_000),
+                                "--no-cuda", "--seed", "1"]
+    assert all(call["omp"] == "1" for call in calls)
+    # the extra 20,000 steps cost one CPU-second in the child, whatever this process did meanwhile
+    assert 0.9 < long_cpu - short_cpu < 1.3
+    assert long_wall > short_wall
