@@ -207,8 +207,9 @@ class SameStepVectorEnv(gym.vector.VectorEnv):
 
     The returned obs of a finished env already starts its next episode; its true last obs is in
     `infos["final_obs"][i]` and its last info (with `RecordEpisodeStatistics`' `"episode"`) in `infos["final_info"]`,
-    each with a mask (`infos["_final_obs"]`, ...). Written out because `SyncVectorEnv`'s generic machinery (action
-    iteration, observation concatenation, deep copies) costs ~25 us per step, twice a CartPole step itself."""
+    each with a mask (`infos["_final_obs"]`, ...); infos are batched by gymnasium's own `VectorEnv._add_info`.
+    Written out because `SyncVectorEnv`'s generic machinery (action iteration, observation concatenation, deep
+    copies) costs more than a CartPole step itself: a step takes 35-40 us there, 18-19 us here."""
 
     def __init__(self, env_fns: list[Callable[[], gym.Env]]):
         self.envs = [env_fn() for env_fn in env_fns]
