@@ -2,6 +2,8 @@
 
     python benchmarks/sps_atari.py                         # everything: ~15 CPU-minutes
     python benchmarks/sps_atari.py --parts floor main      # only sections 1 and 2
+    python benchmarks/sps_atari.py --parts main --num-envs 1 --main-rounds 3 \
+        --cleanrl "/path/to/venv/bin/python /path/to/cleanrl/cleanrl/dqn_atari.py"   # against CleanRL's own script
 
 Printed:
 1. the floor at the default settings: the cost of one env step (PongNoFrameskip-v4 with SB3's wrappers and the 4-frame
@@ -10,7 +12,12 @@ Printed:
    loop cannot beat with one env: 1 / (env + act + store + update / train_frequency);
 2. dqn_atari.main() itself at the default settings, timed over its learning phase only (two runs that differ only in
    length; the difference of their times is the cost of the extra learning steps), with epsilon already at its final
-   0.01, so that nearly every step calls the network, as in most of a 10M-step run; --num-envs 1 and 4;
+   0.01, so that nearly every step calls the network, as in most of a 10M-step run; --num-envs 1 and 4; with
+   `--cleanrl COMMAND`, CleanRL's dqn_atari.py too, as a subprocess timed the same way (COMMAND is the python and
+   the script; CleanRL pins gymnasium 0.29, so it needs its own virtual environment, with its checkout on PYTHONPATH
+   for `cleanrl_utils`), with `--learning-starts 1000`, epsilon at 0.01 from the first step, `--buffer-size 100000`
+   (its replay of frame stacks at the default 1M would need 28 GB), `--no-cuda` and OMP_NUM_THREADS=1; with
+   `--main-rounds N` the contenders alternate N times and each keeps its best round;
 3. the update cost of the options tried for a cheaper update: channels-last memory, bf16 autocast, torch.compile,
    and 2 torch threads instead of 1, each beside the plain eager fp32 update that dqn_atari.py uses (the 2-thread
    rows' CPU time counts both threads: compare their wall time);
@@ -27,6 +34,8 @@ import contextlib
 import io
 import json
 import os
+import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -152,9 +161,27 @@ def timed_main(total_timesteps: int, num_envs: int) -> tuple[float, float]:
         return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def section_main(num_envs: int, short: int, long: int) -> dict:
-    short_wall, short_cpu = timed_main(LEARNING_STARTS + short, num_envs)
-    long_wall, long_cpu = timed_main(LEARNING_STARTS + long, num_envs)
+def timed_cleanrl(command: list[str], total_timesteps: int) -> tuple[float, float]:
+    """(wall s, CPU s) of a whole run of CleanRL's dqn_atari.py, set up as `timed_main` sets up dqn_atari.py; the CPU
+    time is the finished child's own."""
+    with tempfile.TemporaryDirectory() as runs_dir:
+        before, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+        finished = subprocess.run(
+            [*command, "--env-id", ENV_ID, "--total-timesteps", str(total_timesteps), "--learning-starts",
+             str(LEARNING_STARTS), "--exploration-fraction", str(1 / total_timesteps), "--buffer-size", "100000",
+             "--no-cuda", "--seed", "1"],
+            cwd=runs_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=os.environ | {"OMP_NUM_THREADS": "1"})
+        wall, after = time.perf_counter() - wall, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if finished.returncode != 0:
+        sys.exit(f"CleanRL's dqn_atari.py failed (exit code {finished.returncode}):\n{finished.stderr[-2000:]}")
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def section_main(num_envs: int, short: int, long: int, timed=None) -> dict:
+    timed = timed or (lambda total_timesteps: timed_main(total_timesteps, num_envs))
+    short_wall, short_cpu = timed(LEARNING_STARTS + short)
+    long_wall, long_cpu = timed(LEARNING_STARTS + long)
     return {"num_envs": num_envs, "timed_steps": long - short, "sps_cpu": (long - short) / (long_cpu - short_cpu),
             "sps_wall": (long - short) / (long_wall - short_wall)}
 
@@ -231,7 +258,16 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out (its first call is slow)")
     parser.add_argument("--no-slow", action="store_true", help="leave the bf16 and 2-thread rows out")
     parser.add_argument("--replay-transitions", type=int, default=200_000, help="replay size for the memory figures")
+    parser.add_argument("--cleanrl", metavar="COMMAND", help="also time CleanRL's dqn_atari.py in section 2: its python "
+                        "and script, e.g. '/path/to/cleanrl-venv/bin/python /path/to/cleanrl/cleanrl/dqn_atari.py'")
+    parser.add_argument("--main-rounds", type=int, default=1, help="alternating rounds of section 2 (best kept)")
     options = parser.parse_args()
+    cleanrl_command = shlex.split(options.cleanrl) if options.cleanrl else None
+    if cleanrl_command is not None:
+        try:
+            subprocess.run([*cleanrl_command, "--help"], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as error:
+            parser.error(f"--cleanrl {options.cleanrl!r} does not run: {error}")
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start",
           flush=True)
@@ -244,14 +280,27 @@ def main() -> None:
               f"= {floor['floor_sps']:.0f} steps/s (wall clock, this load: env {floor['wall']['env_step_ms']:.2f}, "
               f"act {floor['wall']['act_forward_ms']:.2f}, update {floor['wall']['update_ms']:.1f} ms)", flush=True)
     if "main" in options.parts:
-        report["main"] = []
-        for num_envs in options.num_envs:
-            result = section_main(num_envs, *options.steps)
-            report["main"].append(result)
+        contenders = {f"dqn_atari.main() --num-envs {n}": (lambda n=n: section_main(n, *options.steps))
+                      for n in options.num_envs}
+        if cleanrl_command is not None:
+            contenders["CleanRL dqn_atari.py (subprocess)"] = lambda: section_main(
+                1, *options.steps, timed=lambda total_timesteps: timed_cleanrl(cleanrl_command, total_timesteps))
+        best: dict[str, dict] = {}
+        for _ in range(options.main_rounds):
+            for name, run in contenders.items():
+                result, old = run() | {"name": name}, best.get(name)
+                best[name] = result if old is None else result | {
+                    "sps_cpu": max(result["sps_cpu"], old["sps_cpu"]), "sps_wall": max(result["sps_wall"], old["sps_wall"])}
+        report["main"] = list(best.values())
+        reference = best.get("CleanRL dqn_atari.py (subprocess)")
+        for name, result in best.items():
             versus = (f", {result['sps_cpu'] / report['floor']['floor_sps']:.2f} x the 1-env floor"
                       if "floor" in report else "")
-            print(f"\n2. dqn_atari.main() --num-envs {num_envs}, learning phase: {result['sps_cpu']:.0f} steps per "
-                  f"CPU-second{versus} ({result['sps_wall']:.0f} per wall-clock second at this load)", flush=True)
+            if reference is not None:
+                versus += (f", {result['sps_cpu'] / reference['sps_cpu']:.2f} x CleanRL by CPU time "
+                           f"({result['sps_wall'] / reference['sps_wall']:.2f} x by wall time)")
+            print(f"\n2. {name}, learning phase: {result['sps_cpu']:.0f} steps per CPU-second{versus} "
+                  f"({result['sps_wall']:.0f} per wall-clock second at this load)", flush=True)
     if "options" in options.parts:
         report["options"] = section_options(options.rounds, not options.no_compile, not options.no_slow)
         print("\n3. update cost (batch 32, sampling included), median of interleaved rounds")
