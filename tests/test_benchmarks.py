@@ -334,3 +334,28 @@ def test_sps_times_an_external_cleanrl_script_by_its_own_cpu_time(tmp_path):
     # the extra 20,000 steps cost one CPU-second in the child, whatever this process did meanwhile
     assert 0.9 < long_cpu - short_cpu < 1.3
     assert long_wall > short_wall
+
+
+def test_sps_atari_times_an_external_cleanrl_script_set_up_like_dqn_atari(tmp_path, monkeypatch):
+    """`benchmarks/sps_atari.py --cleanrl`: the stand-in must get Pong, learning from step 1,000, epsilon at its end
+    value after the first step, a replay that fits in memory, the CPU, and one thread; its CPU time is its own."""
+    spec = importlib.util.spec_from_file_location("sps_atari", REPO_ROOT / "benchmarks" / "sps_atari.py")
+    sps_atari = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sps_atari)
+    calls = tmp_path / "calls.jsonl"
+    fake = tmp_path / "fake_cleanrl_atari.py"
+    fake.write_text(textwrap.dedent(f'''
+        import json, os, sys, time
+        start = time.process_time()
+        while time.process_time() - start < 0.3:
+            pass
+        with open({str(calls)!r}, "a") as file:
+            file.write(json.dumps({{"argv": sys.argv[1:], "omp": os.environ.get("OMP_NUM_THREADS")}}) + "\\n")
+    '''))
+    wall, cpu = sps_atari.timed_cleanrl([sys.executable, str(fake)], 3_400)
+    call = json.loads(calls.read_text())
+    argv = dict(zip(call["argv"][:-3:2], call["argv"][1:-3:2]))
+    assert argv == {"--env-id": "PongNoFrameskip-v4", "--total-timesteps": "3400", "--learning-starts": "1000",
+                    "--exploration-fraction": str(1 / 3400), "--buffer-size": "100000"}
+    assert call["argv"][-3:] == ["--no-cuda", "--seed", "1"] and call["omp"] == "1"
+    assert 0.25 < cpu < 0.6 and wall >= 0.25
