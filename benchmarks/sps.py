@@ -2,7 +2,7 @@
 
     python benchmarks/sps.py              # a few minutes on a 2-core CPU
     python benchmarks/sps.py --steps 40000 --num-envs 1 4 16 --rounds 5
-    python benchmarks/sps.py --cleanrl "/path/to/venv/bin/python /path/to/cleanrl/dqn.py"   # time the real CleanRL too
+    python benchmarks/sps.py --cleanrl "/path/to/venv/bin/python /path/to/cleanrl/dqn.py"   # CleanRL's own too
 
 The fixed configuration is CleanRL's dqn.py default (MLP 120-84, batch 128, train every 10 steps, target every 500,
 buffer 10k, learning starts 10k, Adam 2.5e-4, epsilon 1 -> 0.05; here over the 10k warm-up steps, so the
@@ -13,9 +13,9 @@ timed steps are all in the steady learning phase). Printed:
    eager PyTorch: a torch forward for every action and the default Adam; "lean" with what dqn.py does instead);
 2. a reference loop written the way the textbook/CleanRL scripts are (torch forward per greedy action, SB3's
    ReplayBuffer, default Adam, gymnasium's SyncVectorEnv; without CleanRL's TensorBoard writes and prints, so it is
-   somewhat faster than CleanRL's script), and dqn.py itself at num_envs 1 and more, both timed over their learning phase only,
-   by wall time and by CPU time. Everything runs on one torch thread, so CPU time is what the wall time would be on
-   an idle machine: the CPU figures hold on a shared, busy machine, where wall-clock figures do not.
+   somewhat faster than CleanRL's script), and dqn.py itself at num_envs 1 and more, both timed over their learning
+   phase only, by wall time and by CPU time. Everything runs on one torch thread, so CPU time is what the wall time
+   would be on an idle machine: the CPU figures hold on a shared, busy machine, where wall-clock figures do not.
 3. with `--cleanrl COMMAND`, CleanRL's own dqn.py as well, run as a subprocess (COMMAND is the python and the script;
    CleanRL pins gymnasium 0.29, so it needs its own virtual environment) with `--total-timesteps N
    --exploration-fraction F --no-cuda` and `OMP_NUM_THREADS=1`, in a temporary directory (it writes TensorBoard files
@@ -31,9 +31,6 @@ import copy
 import io
 import os
 import random
-import resource
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dqn  # noqa: E402
+from benchmarks.cleanrl_subprocess import command_from_option, timed_run  # noqa: E402
 
 EXPLORATION_STEPS = 10_000  # epsilon reaches 0.05 when learning starts: the timed steps are the steady learning phase
 CLEANRL = dict(hidden_sizes=(120, 84), batch_size=128, train_frequency=10, target_network_frequency=500,
@@ -164,17 +162,8 @@ def dqn_run(total_timesteps: int, num_envs: int, runs_dir: str) -> None:
 def cleanrl_run(command: list[str], total_timesteps: int, runs_dir: str) -> tuple[float, float]:
     """Run CleanRL's dqn.py for `total_timesteps` with the same absolute epsilon schedule; return its (wall, CPU)
     seconds, the CPU time read from the finished child's resource usage."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall = time.perf_counter()
-    finished = subprocess.run([*command, "--total-timesteps", str(total_timesteps), "--exploration-fraction",
-                               str(EXPLORATION_STEPS / total_timesteps), "--no-cuda", "--seed", "1"], cwd=runs_dir,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env=os.environ | {"OMP_NUM_THREADS": "1"})
-    if finished.returncode != 0:
-        sys.exit(f"CleanRL's dqn.py failed (exit code {finished.returncode}):\n{finished.stderr[-2000:]}")
-    wall = time.perf_counter() - wall
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return timed_run(command, ["--total-timesteps", str(total_timesteps), "--exploration-fraction",
+                               str(EXPLORATION_STEPS / total_timesteps), "--no-cuda", "--seed", "1"], runs_dir)
 
 
 def learning_phase_sps(run, short: int, long: int) -> tuple[float, float]:
@@ -201,12 +190,7 @@ def main() -> None:
     options = parser.parse_args()
     if options.steps < 1000:
         parser.error("--steps must be at least 1000")
-    cleanrl_command = shlex.split(options.cleanrl) if options.cleanrl else None
-    if cleanrl_command is not None:
-        try:
-            subprocess.run([*cleanrl_command, "--help"], check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError) as error:
-            parser.error(f"--cleanrl {options.cleanrl!r} does not run: {error}")
+    cleanrl_command = command_from_option(parser, options.cleanrl)
     torch.set_num_threads(options.threads)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores; CartPole-v1, "
@@ -221,7 +205,8 @@ def main() -> None:
     print(f"  batch-1 action, dqn.py greedy_actions (NumPy views)        {c['forward_lean']:8.1f} us")
     print(f"  batch-128 update, default Adam                             {c['update_naive']:8.1f} us")
     print(f"  batch-128 update, fused Adam (dqn.py)                      {c['update_lean']:8.1f} us")
-    print(f"  naive floor: env + torch forward + update/10       {naive_step:7.1f} us/step = {1e6 / naive_step:7,.0f} SPS")
+    print(f"  naive floor: env + torch forward + update/10       {naive_step:7.1f} us/step = "
+          f"{1e6 / naive_step:7,.0f} SPS")
     print(f"  lean floor:  lean env + NumPy forward + fused/10  {lean_step:7.1f} us/step = {1e6 / lean_step:7,.0f} SPS")
     print("  (both floors assume a network call on every step; with epsilon-greedy, exploring steps skip it;\n"
           "   both env steps run CartPole-v1 wrapped in RecordEpisodeStatistics)\n")
@@ -231,15 +216,15 @@ def main() -> None:
     short, long = CLEANRL["learning_starts"] + 2000, CLEANRL["learning_starts"] + 2000 + options.steps
     best: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as runs_dir:
-        contenders = {"naive reference loop (CleanRL pattern)": reference_loop}
+        references = {"naive reference loop (CleanRL pattern)": reference_loop}
         if cleanrl_command is not None:
-            contenders["CleanRL dqn.py (subprocess)"] = lambda steps: cleanrl_run(cleanrl_command, steps, runs_dir)
-        contenders |= {f"dqn.py num_envs={n}": (lambda steps, n=n: dqn_run(steps, n, runs_dir)) for n in options.num_envs}
-        # one untimed run each first: a contender's first call in this process pays one-time costs (imports, first
-        # torch calls) that would otherwise fall into its first short run and inflate its steps per second
-        for name, run in contenders.items():
-            if "subprocess" not in name:
-                run(short)
+            references["CleanRL dqn.py (subprocess)"] = lambda steps: cleanrl_run(cleanrl_command, steps, runs_dir)
+        ours = {f"dqn.py num_envs={n}": (lambda steps, n=n: dqn_run(steps, n, runs_dir)) for n in options.num_envs}
+        # one untimed run of each in-process contender first: its first call in this process pays one-time costs
+        # (imports, first torch calls) that would otherwise fall into its first short run and inflate its rate
+        for run in (reference_loop, *ours.values()):
+            run(short)
+        contenders = references | ours
         for round_index in range(options.rounds):
             for name, run in contenders.items():
                 wall, cpu = learning_phase_sps(run, short, long)
@@ -248,7 +233,6 @@ def main() -> None:
             print(f"round {round_index + 1}/{options.rounds} done", flush=True)
     print(f"\nenv steps per second over {options.steps:,} learning-phase steps (epsilon 0.05), best of {options.rounds} "
           f"alternating rounds;\nby wall time, and by CPU time (= wall time on an idle machine, for one thread)")
-    references = ["naive reference loop (CleanRL pattern)"] + (["CleanRL dqn.py (subprocess)"] if cleanrl_command else [])
     for reference in references:
         reference_wall, reference_cpu = best[reference]
         print(f"\nratios to the {reference}")
@@ -256,6 +240,7 @@ def main() -> None:
         for name, (wall, cpu) in best.items():
             print(f"  {name:42s} {wall:9,.0f} {wall / reference_wall:5.2f}x {cpu:9,.0f} {cpu / reference_cpu:5.2f}x "
                   f"{cpu * naive_step / 1e6:14.2f}x")
+
 
 if __name__ == "__main__":
     main()

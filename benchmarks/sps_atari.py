@@ -34,8 +34,6 @@ import contextlib
 import io
 import json
 import os
-import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -50,6 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dqn_atari  # noqa: E402
+from benchmarks.cleanrl_subprocess import command_from_option, timed_run  # noqa: E402
 from dqn_atari import Args, FrameReplayBuffer, QNetwork, make_env, td_target  # noqa: E402
 
 ENV_ID = "PongNoFrameskip-v4"
@@ -165,17 +164,9 @@ def timed_cleanrl(command: list[str], total_timesteps: int) -> tuple[float, floa
     """(wall s, CPU s) of a whole run of CleanRL's dqn_atari.py, set up as `timed_main` sets up dqn_atari.py; the CPU
     time is the finished child's own."""
     with tempfile.TemporaryDirectory() as runs_dir:
-        before, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-        finished = subprocess.run(
-            [*command, "--env-id", ENV_ID, "--total-timesteps", str(total_timesteps), "--learning-starts",
-             str(LEARNING_STARTS), "--exploration-fraction", str(1 / total_timesteps), "--buffer-size", "100000",
-             "--no-cuda", "--seed", "1"],
-            cwd=runs_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env=os.environ | {"OMP_NUM_THREADS": "1"})
-        wall, after = time.perf_counter() - wall, resource.getrusage(resource.RUSAGE_CHILDREN)
-    if finished.returncode != 0:
-        sys.exit(f"CleanRL's dqn_atari.py failed (exit code {finished.returncode}):\n{finished.stderr[-2000:]}")
-    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        return timed_run(command, ["--env-id", ENV_ID, "--total-timesteps", str(total_timesteps), "--learning-starts",
+                                   str(LEARNING_STARTS), "--exploration-fraction", str(1 / total_timesteps),
+                                   "--buffer-size", "100000", "--no-cuda", "--seed", "1"], runs_dir)
 
 
 def section_main(num_envs: int, short: int, long: int, timed=None) -> dict:
@@ -258,16 +249,12 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out (its first call is slow)")
     parser.add_argument("--no-slow", action="store_true", help="leave the bf16 and 2-thread rows out")
     parser.add_argument("--replay-transitions", type=int, default=200_000, help="replay size for the memory figures")
-    parser.add_argument("--cleanrl", metavar="COMMAND", help="also time CleanRL's dqn_atari.py in section 2: its python "
-                        "and script, e.g. '/path/to/cleanrl-venv/bin/python /path/to/cleanrl/cleanrl/dqn_atari.py'")
+    parser.add_argument("--cleanrl", metavar="COMMAND", help="also time CleanRL's dqn_atari.py in section 2: its "
+                        "python and script, e.g. '/path/to/cleanrl-venv/bin/python "
+                        "/path/to/cleanrl/cleanrl/dqn_atari.py'")
     parser.add_argument("--main-rounds", type=int, default=1, help="alternating rounds of section 2 (best kept)")
     options = parser.parse_args()
-    cleanrl_command = shlex.split(options.cleanrl) if options.cleanrl else None
-    if cleanrl_command is not None:
-        try:
-            subprocess.run([*cleanrl_command, "--help"], check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError) as error:
-            parser.error(f"--cleanrl {options.cleanrl!r} does not run: {error}")
+    cleanrl_command = command_from_option(parser, options.cleanrl)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start",
           flush=True)
@@ -289,8 +276,8 @@ def main() -> None:
         for _ in range(options.main_rounds):
             for name, run in contenders.items():
                 result, old = run() | {"name": name}, best.get(name)
-                best[name] = result if old is None else result | {
-                    "sps_cpu": max(result["sps_cpu"], old["sps_cpu"]), "sps_wall": max(result["sps_wall"], old["sps_wall"])}
+                best[name] = result if old is None else result | {key: max(result[key], old[key])
+                                                                  for key in ("sps_cpu", "sps_wall")}
         report["main"] = list(best.values())
         reference = best.get("CleanRL dqn_atari.py (subprocess)")
         for name, result in best.items():

@@ -336,7 +336,7 @@ def test_sps_times_an_external_cleanrl_script_by_its_own_cpu_time(tmp_path):
     assert long_wall > short_wall
 
 
-def test_sps_atari_times_an_external_cleanrl_script_set_up_like_dqn_atari(tmp_path, monkeypatch):
+def test_sps_atari_times_an_external_cleanrl_script_set_up_like_dqn_atari(tmp_path):
     """`benchmarks/sps_atari.py --cleanrl`: the stand-in must get Pong, learning from step 1,000, epsilon at its end
     value after the first step, a replay that fits in memory, the CPU, and one thread; its CPU time is its own."""
     spec = importlib.util.spec_from_file_location("sps_atari", REPO_ROOT / "benchmarks" / "sps_atari.py")

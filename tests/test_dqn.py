@@ -225,7 +225,6 @@ def test_training_loop_stores_only_true_transitions(tmp_path, num_envs):
     assert len(np.unique(obs[:, 0])) == num_envs
 
 
-
 def test_same_step_vector_env_matches_gymnasium_sync_vector_env_step_for_step():
     """Three CartPoles with a 16-step time limit under the same random actions: every obs, reward, termination,
     truncation, final obs and episode statistic equals what gymnasium's SyncVectorEnv in SAME_STEP mode returns."""

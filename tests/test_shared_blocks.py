@@ -17,8 +17,8 @@ SHARED_BY_VECTOR_SCRIPTS = ["check_args", "env_spaces", "make_env", "QNetwork", 
 # the lean vector env: every script except dqn_atari.py (which also offers gymnasium's AsyncVectorEnv)
 SHARED_VECTOR_ENV = ["SameStepVectorEnv"]
 
-PAIRS = [("dqn_lunar.py", SHARED_BY_ALL + SHARED_BY_VECTOR_SCRIPTS + SHARED_VECTOR_ENV), ("dqn_atari.py", SHARED_BY_ALL),
-         ("double_dueling_per_dqn.py", SHARED_BY_ALL + SHARED_VECTOR_ENV)]
+PAIRS = [("dqn_lunar.py", SHARED_BY_ALL + SHARED_BY_VECTOR_SCRIPTS + SHARED_VECTOR_ENV),
+         ("dqn_atari.py", SHARED_BY_ALL), ("double_dueling_per_dqn.py", SHARED_BY_ALL + SHARED_VECTOR_ENV)]
 
 
 def top_level_blocks(path: Path) -> dict[str, str]:
