@@ -1,98 +1,46 @@
-"""Double DQN with a dueling head and prioritized replay, each switchable, for vector-observation and Atari envs.
+"""Double DQN with a dueling head, prioritized replay and n-step returns, each switchable, for vector and Atari envs.
 
-The three best-known extensions of DQN (Mnih et al. 2015, "Human-level control through deep reinforcement learning"),
-on top of dqn.py's code, so that a diff against dqn.py shows what each one adds:
+The best-known extensions of DQN (Mnih et al. 2015, "Human-level control through deep reinforcement learning"), on
+dqn_atari.py's code, so that a diff against it shows what each one adds:
   --double       van Hasselt, Guez & Silver 2016, "Deep Reinforcement Learning with Double Q-learning" (AAAI): the
                  online network picks the next action, the target network values it;
   --dueling      Wang et al. 2016, "Dueling Network Architectures for Deep Reinforcement Learning" (ICML): the network
                  ends in a value and an advantage stream, Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a');
   --prioritized  Schaul et al. 2016, "Prioritized Experience Replay" (ICLR), proportional variant: transitions are
-                 replayed with probability proportional to (|TD error| + epsilon)^alpha, from a sum-tree, and the
+                 replayed with probability proportional to (|TD error| + epsilon)^alpha, drawn from a sum-tree, and the
                  bias this brings is corrected by importance-sampling weights whose exponent beta goes to 1;
   --n-step N     n-step returns, as in Rainbow (Hessel et al. 2018), cut at episode ends (off by default: N = 1).
-Each is on by default and switched off with --no-double, --no-dueling, --no-prioritized. Vector observations get an
-MLP; Atari ids (ale-py) get dqn_atari.py's wrappers, the Nature CNN and its frame-deduplicating replay. Every
-departure from the papers is listed in the README ("double_dueling_per_dqn.py", implementation details).
+The first three are on by default (--no-double, --no-dueling, --no-prioritized switch them off). Vector observations
+get an MLP, Atari ids dqn_atari.py's wrappers and CNN; both use its replay, which stores each observation (each frame,
+on Atari) once. The README lists every departure from the papers.
 
-    python double_dueling_per_dqn.py                                  # LunarLander-v3, all three extensions on
+    python double_dueling_per_dqn.py                                  # LunarLander-v3, the three extensions on
     python double_dueling_per_dqn.py --no-prioritized --seed 2        # an ablation: uniform replay
-    python double_dueling_per_dqn.py --env-id PongNoFrameskip-v4 --cuda --total-timesteps 10000000 \\
-        --buffer-size 1000000 --learning-rate 6.25e-5 --batch-size 32 --learning-starts 80000 \\
-        --target-network-frequency 1000 --exploration-fraction 0.1 --end-e 0.01 --hidden-sizes 512 \\
-        --eval-frequency 250000 --eval-epsilon 0.05 --gradient-steps 1 --max-grad-norm 10
+    python double_dueling_per_dqn.py --env-id PongNoFrameskip-v4 --cuda --total-timesteps 10000000 --buffer-size \\
+        1000000 --learning-rate 6.25e-5 --batch-size 32 --learning-starts 80000 --target-network-frequency 1000 \\
+        --exploration-fraction 0.1 --end-e 0.01 --hidden-sizes 512 --eval-frequency 250000 --eval-epsilon 0.05
 
-Reproduces: LunarLander-v3 with seeds 1-3, all extensions on, reaches an evaluation mean of 200 at 80k, 90k and 90k
-env steps (median 90k), where dqn_lunar.py, with the same settings and no extension, takes 140k, 160k and 170k (median
-160k); see the README for the comparison and the ablation table.
+Reproduces: on LunarLander-v3 with seeds 1-3 and the extensions on, an evaluation mean of 200 about twice as early as
+dqn_lunar.py with the same settings; see the README for the comparison and the ablation table.
 """
 
-import csv
-import dataclasses
-import json
 import math
-import os
-import random
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Literal, Optional
+from functools import partial
+from typing import Callable, Literal, NamedTuple, Optional
 
-import ale_py
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
-from stable_baselines3.common.atari_wrappers import AtariWrapper
 
-SCRIPT = Path(__file__).stem
-FRAME_STACK = 4  # frames per observation (Mnih et al. 2015: the agent history length m = 4)
-FRAME_SHAPE = (84, 84)  # one grayscale frame after WarpFrame
-
-gym.register_envs(ale_py)
+FRAME_STACK = 4  # frames per Atari observation (Mnih et al. 2015: the agent history length m = 4)
+FRAME_SHAPE = (84, 84)  # one grayscale frame after SB3's WarpFrame
 
 
 @dataclass
 class Args:
-    exp_name: str = SCRIPT
-    """name of this experiment, part of the run directory name"""
-    seed: int = 1
-    """seed of python, numpy, torch and the environments"""
-    torch_deterministic: bool = True
-    """set `torch.backends.cudnn.deterministic`, so GPU runs repeat as closely as cuDNN allows"""
-    cuda: bool = False
-    """use the GPU when one is available (a warning and the CPU otherwise)"""
-    torch_threads: int = 1
-    """CPU threads for torch ops; 1 is fastest for small networks, 0 keeps torch's default (one per core)"""
-    track: bool = False
-    """log the run to Weights & Biases as well (set WANDB_MODE=offline to log locally only)"""
-    wandb_project_name: str = "dqn"
-    """the wandb project"""
-    wandb_entity: Optional[str] = None
-    """the wandb entity (team); None uses your default entity"""
-    capture_video: bool = False
-    """record the first episode of every evaluation to `{run_dir}/videos/`"""
-    save_model: bool = True
-    """write `checkpoint.pt` (latest) and `best.pt` (best evaluation) to the run directory at every evaluation"""
-    save_replay: bool = False
-    """store the replay buffer in `checkpoint.pt` too, so a resumed run continues with the same memory"""
-    resume: Optional[str] = None
-    """path of a `checkpoint.pt` to continue from; the run goes on in that checkpoint's run directory"""
-    eval_checkpoint: Optional[str] = None
-    """path of a checkpoint to evaluate for `--eval-episodes` episodes, without training"""
-    runs_dir: str = "runs"
-    """folder under which every run gets its own directory"""
-    eval_frequency: int = 10_000
-    """env steps between evaluations"""
-    eval_episodes: int = 20
-    """episodes per evaluation (20, as dqn_lunar.py: LunarLander's returns vary a lot from episode to episode)"""
-    eval_epsilon: float = 0.0
-    """probability of a random action during evaluation (0: greedy, as SB3's `evaluate_policy(deterministic=True)`)"""
-    target_return: Optional[float] = None
-    """stop training as soon as an evaluation mean reaches this return"""
-
     env_id: str = "LunarLander-v3"
     """gymnasium id of the environment (any registered id, or `module:Env-v0`); an ale-py id is played from pixels"""
     total_timesteps: int = 300_000
@@ -103,7 +51,7 @@ class Args:
     num_envs: int = 1
     """number of environments stepped together"""
     buffer_size: int = 50_000
-    """replay buffer capacity in transitions (rl-baselines3-zoo: 50_000; Atari frames, about one per transition)"""
+    """replay capacity in transitions (rl-baselines3-zoo: 50_000), about one stored observation (or frame) each"""
     gamma: float = 0.99
     """discount factor"""
     tau: float = 1.0
@@ -118,21 +66,21 @@ class Args:
     end_e: float = 0.1
     """exploration epsilon at the end of the schedule (rl-baselines3-zoo: 0.1)"""
     exploration_fraction: float = 0.2
-    """fraction of `total_timesteps` over which epsilon goes linearly from `start_e` to `end_e` (dqn_lunar.py's:
+    """fraction of `total_timesteps` over which epsilon falls linearly from `start_e` to `end_e` (dqn_lunar.py's:
     the first 60k steps; rl-baselines3-zoo: 0.12)"""
     learning_starts: int = 1_000
     """env steps of random play that fill the buffer before learning starts (rl-baselines3-zoo: 0)"""
     train_frequency: int = 4
     """env steps between training phases (Mnih et al. 2015 and rl-baselines3-zoo: 4)"""
     gradient_steps: int = 1
-    """gradient steps per training phase (Mnih et al. 2015: 1; rl-baselines3-zoo: -1, one per env step)"""
+    """gradient steps per training phase (Mnih et al. 2015: 1; rl-baselines3-zoo: one per env step)"""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """widths of the hidden layers after the torso (dqn_lunar.py and rl-baselines3-zoo: 256 256); with --dueling the
     value and the advantage stream each get their own copy of the last one (Wang et al. 2016)"""
     loss: Literal["mse", "huber"] = "huber"
-    """TD loss: mean squared error, or Huber (smooth L1 with delta 1, the paper's error clipping; SB3's default)"""
+    """TD loss: mean squared error, or Huber (smooth L1 with delta 1: the paper's error clipping, SB3's default)"""
     max_grad_norm: Optional[float] = 10.0
-    """clip the gradient to this global L2 norm (None: no clipping; SB3's default: 10, Wang et al. 2016: 10)"""
+    """clip the gradient to this global L2 norm (None: no clipping; SB3's default and Wang et al. 2016: 10)"""
     double: bool = True
     """Double DQN (van Hasselt et al. 2016): the online network picks argmax_a' Q(s', a'), the target network values
     it; --no-double: the target network does both (DQN)"""
@@ -148,269 +96,120 @@ class Args:
     priority_epsilon: float = 1e-6
     """added to |TD error| so that every transition keeps a chance to be replayed (Schaul et al. 2016: "small")"""
     n_step: int = 1
-    """n-step returns (Hessel et al. 2018: 3): each stored transition sums n rewards, fewer where its episode ends"""
+    """n-step returns (Hessel et al. 2018: 3): a transition sums n rewards, fewer where its episode ends"""
     terminal_on_life_loss: bool = True
-    """Atari only: end the training episode (not the game) at a loss of life (Mnih et al. 2015)"""
+    """Atari only: end the training episode (not the game) at a lost life (Mnih et al. 2015)"""
     noop_max: int = 30
     """Atari only: at most this many no-op actions after each reset (Mnih et al. 2015: 30)"""
 
 
-class ConfigError(ValueError):
-    """A setting, env or checkpoint the script cannot use; reported as one line, without a traceback."""
+# the run options (below the harness line) whose defaults are this script's own (20: LunarLander's returns vary a lot)
+RUN_DEFAULTS = dict(eval_frequency=10_000, eval_episodes=20, eval_epsilon=0.0)
 
 
-def check_args(args: Args) -> None:
-    """Raise ConfigError naming every inconsistent setting, before any env is built or file written."""
-    problems = []
-    if args.torch_threads < 0:
-        problems.append(f"--torch-threads must be >= 0 (got {args.torch_threads})")
-    positive = ["total_timesteps", "num_envs", "buffer_size", "batch_size", "target_network_frequency",
-                "train_frequency", "gradient_steps", "eval_frequency", "eval_episodes"]
-    problems += [f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})"
-                 for name in positive if getattr(args, name) < 1]
-    if not 0.0 <= args.gamma <= 1.0:
-        problems.append(f"--gamma must be in [0, 1] (got {args.gamma})")
-    if not 0.0 < args.tau <= 1.0:
-        problems.append(f"--tau must be in (0, 1] (got {args.tau})")
-    if args.learning_rate <= 0:
-        problems.append(f"--learning-rate must be > 0 (got {args.learning_rate})")
-    for name in ["start_e", "end_e", "eval_epsilon", "exploration_fraction"]:
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            problems.append(f"--{name.replace('_', '-')} must be in [0, 1] (got {getattr(args, name)})")
-    if args.batch_size > args.buffer_size:
-        problems.append(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
-    if args.learning_starts < 0:
-        problems.append(f"--learning-starts must be >= 0 (got {args.learning_starts})")
-    if args.learning_starts >= args.total_timesteps and args.eval_checkpoint is None:
-        problems.append(f"--learning-starts {args.learning_starts} must be < --total-timesteps "
-                        f"{args.total_timesteps}, or no learning happens")
-    if args.learning_starts < args.batch_size and args.learning_starts < args.total_timesteps:
-        problems.append(f"--learning-starts {args.learning_starts} must be >= --batch-size {args.batch_size}, "
-                        "so the first batch is drawn from that many transitions")
-    if any(size < 1 for size in args.hidden_sizes):
-        problems.append(f"--hidden-sizes must all be >= 1 (got {args.hidden_sizes})")
-    if args.max_grad_norm is not None and args.max_grad_norm <= 0:
-        problems.append(f"--max-grad-norm must be > 0 or None (got {args.max_grad_norm})")
-    if args.resume is not None and args.eval_checkpoint is not None:
-        problems.append("--resume and --eval-checkpoint exclude each other")
-    if args.capture_video:
-        try:
-            import moviepy  # noqa: F401  (gymnasium's RecordVideo writes with it)
-        except ImportError:
-            problems.append("--capture-video needs moviepy: pip install -r requirements.txt")
-    if args.alpha < 0:
-        problems.append(f"--alpha must be >= 0 (got {args.alpha})")
-    if not 0.0 <= args.beta_start <= 1.0:
-        problems.append(f"--beta-start must be in [0, 1] (got {args.beta_start})")
-    if args.priority_epsilon <= 0:
-        problems.append(f"--priority-epsilon must be > 0 (got {args.priority_epsilon})")
-    if args.n_step < 1:
-        problems.append(f"--n-step must be >= 1 (got {args.n_step})")
-    elif args.learning_starts < args.n_step * args.num_envs <= args.total_timesteps:
+def check_args(args: Args, run_args) -> list[str]:
+    """What is wrong with the env and the extensions' settings (the harness checks the settings every script has)."""
+    problems = [f"--{name.replace('_', '-')} must be {what} (got {getattr(args, name)})" for name, ok, what in [
+        ("alpha", args.alpha >= 0, ">= 0"), ("beta_start", 0 <= args.beta_start <= 1, "in [0, 1]"),
+        ("priority_epsilon", args.priority_epsilon > 0, "> 0"), ("n_step", args.n_step >= 1, ">= 1"),
+        ("noop_max", args.noop_max >= 0, ">= 0")] if not ok]
+    if args.learning_starts < args.n_step * args.num_envs:
         problems.append(f"--learning-starts {args.learning_starts} must be >= --n-step x --num-envs, so that the first "
                         "batch finds complete n-step transitions")
-    if args.noop_max < 0:
-        problems.append(f"--noop-max must be >= 0 (got {args.noop_max})")
-    if is_atari(args.env_id):
-        if args.num_envs >= 1 and args.buffer_size < args.num_envs * (FRAME_STACK + 2):
-            problems.append(f"--buffer-size {args.buffer_size} is too small for {args.num_envs} envs: each env's part "
-                            f"of the replay needs at least {FRAME_STACK + 2} frames")
-    if problems:
-        raise ConfigError("; ".join(problems))
+    stack = FRAME_STACK if is_atari(args.env_id) else 1
+    if args.buffer_size < args.num_envs * (stack + args.n_step + 1):
+        problems.append(f"--buffer-size {args.buffer_size} is too small for {args.num_envs} envs: with --n-step "
+                        f"{args.n_step}, each env's part of the replay needs at least {stack + args.n_step + 1} slots")
+    try:
+        env = make_env(args.env_id, terminal_on_life_loss=False)()
+    except (gym.error.Error, ImportError, AttributeError) as error:
+        return problems + [f"cannot make env {args.env_id!r}: {error}"]
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        problems.append(f"{SCRIPT}.py needs a Discrete action space; {args.env_id} has {env.action_space}")
+    if stack == 1 and (not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1):
+        problems.append(f"{SCRIPT}.py needs a 1-D Box observation space or an ale-py game; {args.env_id} has "
+                        f"{env.observation_space}")
+    env.close()
+    return problems
 
 
 def is_atari(env_id: str) -> bool:
-    """Whether `env_id` is an ale-py game, played from pixels with the Atari wrappers (False for an unknown id)."""
+    """Whether `env_id` is an ale-py game. ale-py registers its games when imported, so it is imported (and needed)
+    only for ids that gymnasium does not know without it."""
+    try:
+        gym.spec(env_id)
+    except gym.error.Error:
+        try:
+            import ale_py
+        except ImportError:
+            return False
+        gym.register_envs(ale_py)
     try:
         return str(gym.spec(env_id).entry_point).startswith("ale_py")
-    except (gym.error.Error, ModuleNotFoundError, AttributeError):
+    except gym.error.Error:
         return False
 
 
-def env_spaces(env_id: str) -> tuple[tuple[int, ...], int]:
-    """Build the env once and return (observation shape, number of actions), or raise ConfigError. An ale-py game is
-    built with the Atari wrappers, so its observation is a stack of frames [4, 84, 84]."""
-    try:
-        env = make_atari_env(env_id, terminal_on_life_loss=False)() if is_atari(env_id) else gym.make(env_id)
-    except (gym.error.Error, ModuleNotFoundError, AttributeError) as error:
-        raise ConfigError(f"cannot make env {env_id!r}: {error}") from None
-    obs_space, action_space = env.observation_space, env.action_space
-    env.close()
-    if not isinstance(action_space, gym.spaces.Discrete):
-        raise ConfigError(f"{SCRIPT}.py needs a Discrete action space; {env_id} has {action_space}")
-    if not is_atari(env_id) and (not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1):
-        raise ConfigError(f"{SCRIPT}.py needs a 1-D Box observation space or an ale-py game; {env_id} has {obs_space}")
-    return obs_space.shape, int(action_space.n)
-
-
-def make_env(env_id: str, video_dir: Optional[str] = None, video_prefix: str = "eval") -> Callable[[], gym.Env]:
-    """Return a thunk building one env that reports episode returns in `info["episode"]`."""
+def make_env(env_id: str, terminal_on_life_loss: bool, noop_max: int = 30, video_dir: Optional[str] = None,
+             video_prefix: str = "eval") -> Callable[[], gym.Env]:
+    """A thunk building one env that reports each episode's return and length in `info["episode"]`. An Atari game
+    gets dqn_atari.py's wrappers (SB3's, and a 4-frame stack: observations [4, 84, 84] uint8); training envs end an
+    episode at a lost life, evaluation envs (terminal_on_life_loss=False) play whole games."""
 
     def thunk() -> gym.Env:
-        # render_mode only when recording: a user's env may not take the argument at all
-        env = gym.make(env_id, **({"render_mode": "rgb_array"} if video_dir else {}))
+        if not is_atari(env_id):  # render_mode only when recording: a user's env may not take the argument at all
+            env = gym.make(env_id, **({"render_mode": "rgb_array"} if video_dir else {}))
+        else:  # frameskip=1: MaxAndSkipEnv repeats each action 4 times (ALE/*-v5 ids would skip 4 x 4 frames)
+            env = gym.make(env_id, frameskip=1, render_mode="rgb_array" if video_dir else None)
+            env = gym.wrappers.RecordEpisodeStatistics(env)  # innermost: the raw score of a whole game
         if video_dir:
             env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: episode == 0,
                                            name_prefix=video_prefix, disable_logger=True)
-        return gym.wrappers.RecordEpisodeStatistics(env)
+        if not is_atari(env_id):
+            return gym.wrappers.RecordEpisodeStatistics(env)
+        from stable_baselines3.common.atari_wrappers import AtariWrapper
 
-    return thunk
-
-
-
-
-def make_atari_env(env_id: str, terminal_on_life_loss: bool, noop_max: int = 30, video_dir: Optional[str] = None,
-                   video_prefix: str = "eval") -> Callable[[], gym.Env]:
-    """Return a thunk building one Atari env with SB3's wrappers and a 4-frame stack: observations [4, 84, 84] uint8.
-
-    Training envs end an episode at a loss of life; evaluation envs (terminal_on_life_loss=False) play full games.
-    RecordEpisodeStatistics sits innermost, right on the emulator, so `info["episode"]["r"]` is the raw game score of
-    a whole game (not clipped, not cut at a life) and `info["episode"]["l"]` counts emulator frames."""
-
-    def thunk() -> gym.Env:
-        # frameskip=1: MaxAndSkipEnv repeats each action 4 times (ALE/*-v5 ids would otherwise skip 4 x 4 frames)
-        env = gym.make(env_id, frameskip=1, render_mode="rgb_array" if video_dir else None)
-        env = gym.wrappers.RecordEpisodeStatistics(env)
-        if video_dir:
-            env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: episode == 0,
-                                           name_prefix=video_prefix, disable_logger=True)
         env = AtariWrapper(env, noop_max=noop_max, frame_skip=4, screen_size=FRAME_SHAPE[0],
                            terminal_on_life_loss=terminal_on_life_loss, clip_reward=True)
         env = gym.wrappers.ReshapeObservation(env, FRAME_SHAPE)  # WarpFrame's [84, 84, 1] -> [84, 84]
-        # the stack after a reset repeats the first frame 4 times; the replay rebuilds stacks the same way
         return gym.wrappers.FrameStackObservation(env, FRAME_STACK, padding_type="reset")
 
     return thunk
 
 
-def make_eval_env(env_id: str, noop_max: int, video_dir: Optional[str], video_prefix: str) -> Callable[[], gym.Env]:
-    """The evaluation env: full games for Atari (no end at a lost life), the plain env otherwise."""
-    if is_atari(env_id):
-        return make_atari_env(env_id, False, noop_max, video_dir, video_prefix)
-    return make_env(env_id, video_dir, video_prefix)
-
-
-class SameStepVectorEnv(gym.vector.VectorEnv):
-    """`num_envs` envs stepped one after another in this process, each reset in the same `step` that ends its
-    episode: gymnasium's `SyncVectorEnv` in `SAME_STEP` autoreset mode, step for step, with the same infos.
-
-    The returned obs of a finished env already starts its next episode; its true last obs is in
-    `infos["final_obs"][i]` and its last info (with `RecordEpisodeStatistics`' `"episode"`) in `infos["final_info"]`,
-    each with a mask (`infos["_final_obs"]`, ...); infos are batched by gymnasium's own `VectorEnv._add_info`.
-    Written out because `SyncVectorEnv`'s generic machinery (action iteration, observation concatenation, deep
-    copies) costs more than a CartPole step itself: a step takes 35-40 us there, 18-19 us here."""
-
-    def __init__(self, env_fns: list[Callable[[], gym.Env]]):
-        self.envs = [env_fn() for env_fn in env_fns]
-        self.num_envs = len(self.envs)
-        self.metadata = self.envs[0].metadata | {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
-        self.single_observation_space = self.envs[0].observation_space
-        self.single_action_space = self.envs[0].action_space
-        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
-
-    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[np.ndarray, dict]:
-        """Reset every env, env i with `seed + i` (as `SyncVectorEnv` does)."""
-        infos, obs = {}, []
-        for i, env in enumerate(self.envs):
-            env_obs, env_info = env.reset(seed=None if seed is None else seed + i, options=options)
-            obs.append(env_obs)
-            infos = self._add_info(infos, env_info, i)
-        return np.stack(obs), infos
-
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        n, space = self.num_envs, self.single_observation_space
-        obs = np.empty((n, *space.shape), dtype=space.dtype)
-        rewards, terminations, truncations = np.empty(n), np.empty(n, dtype=bool), np.empty(n, dtype=bool)
-        infos = {}
-        for i, (env, action) in enumerate(zip(self.envs, actions.tolist())):  # Python ints: the cheapest to check
-            env_obs, rewards[i], terminations[i], truncations[i], env_info = env.step(action)
-            if terminations[i] or truncations[i]:
-                infos = self._add_info(infos, {"final_obs": env_obs, "final_info": env_info}, i)
-                env_obs, env_info = env.reset()
-            if env_info:  # most steps of most envs report nothing
-                infos = self._add_info(infos, env_info, i)
-            obs[i] = env_obs
-        return obs, rewards, terminations, truncations, infos
-
-    def close_extras(self, **kwargs) -> None:
-        for env in self.envs:
-            env.close()
-
-
 class QNetwork(nn.Module):
-    """Q-network: a torso, fully connected hidden layers, and a head giving one Q-value per action.
-
-    The torso is the Nature CNN (Mnih et al. 2015) for Atari frame stacks [B, 4, 84, 84] uint8, and nothing for vector
-    observations [B, obs_dim]. The plain head is one linear layer. The dueling head (Wang et al. 2016, Section 3) has
-    two streams, each with its own copy of the last hidden layer: a value V(s) [B, 1] and advantages A(s, a) [B, A],
-    combined by `dueling_q_values`."""
+    """A torso (the Nature CNN for Atari frame stacks [B, 4, 84, 84] uint8, nothing for vector observations [B, D]),
+    fully connected hidden layers, and a head giving one Q-value per action [B, A]. The plain head is one linear
+    layer. The dueling head (Wang et al. 2016, Section 3) has two streams, each with its own copy of the last hidden
+    layer: the value V(s) [B, 1] and the advantages A(s, a) [B, A], combined by `dueling_q_values`."""
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, hidden_sizes: tuple[int, ...], dueling: bool):
         super().__init__()
-        self.atari, self.dueling = len(obs_shape) == 3, dueling
-        torso: list[nn.Module] = []
-        if self.atari:
-            torso += [
-                nn.Conv2d(FRAME_STACK, 32, kernel_size=8, stride=4), nn.ReLU(),  # [B, 32, 20, 20]
-                nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),  # [B, 64, 9, 9]
-                nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),  # [B, 64, 7, 7]
-                nn.Flatten(),  # [B, 3136]
-            ]
+        self.atari, self.dueling, self.n_actions = len(obs_shape) == 3, dueling, n_actions
+        torso: list[nn.Module] = [
+            nn.Conv2d(FRAME_STACK, 32, kernel_size=8, stride=4), nn.ReLU(),  # [B, 32, 20, 20]
+            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),  # [B, 64, 9, 9]
+            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),  # [B, 64, 7, 7]
+            nn.Flatten(),  # [B, 3136]
+        ] if self.atari else []
         sizes = [64 * 7 * 7 if self.atari else obs_shape[0], *hidden_sizes]
-        shared, stream = (sizes[:-1], sizes[-2:]) if dueling and hidden_sizes else (sizes, sizes[-1:])
+        shared, stream = (sizes[:-1], sizes[-2:]) if dueling else (sizes, sizes[-1:])
         for n_in, n_out in zip(shared[:-1], shared[1:]):
             torso += [nn.Linear(n_in, n_out), nn.ReLU()]
         self.torso = nn.Sequential(*torso)
 
         def head(n_out: int) -> nn.Sequential:
-            layers: list[nn.Module] = [module for n_in, n_hidden in zip(stream[:-1], stream[1:])
-                                       for module in (nn.Linear(n_in, n_hidden), nn.ReLU())]
-            return nn.Sequential(*layers, nn.Linear(stream[-1], n_out))
+            hidden = [nn.Linear(stream[0], stream[1]), nn.ReLU()] if len(stream) == 2 else []
+            return nn.Sequential(*hidden, nn.Linear(stream[-1], n_out))
 
-        # with the dueling head, advantage_head gives A(s, .) and value_head V(s); without, advantage_head gives Q(s, .)
-        self.advantage_head = head(n_actions)
+        self.advantage_head = head(n_actions)  # A(s, .) with the dueling head, Q(s, .) without
         self.value_head = head(1) if dueling else None
-        self._numpy_layers: Optional[list[tuple[np.ndarray, np.ndarray]]] = None
-
-    def features(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.atari:
-            obs = obs.float() / 255.0  # [B, 4, 84, 84] uint8 -> [0, 1]
-        return self.torso(obs)  # [B, hidden]
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        features = self.features(obs)
+        features = self.torso(obs.float() / 255.0 if self.atari else obs)  # [B, hidden]
         if not self.dueling:
             return self.advantage_head(features)  # [B, A]
         return dueling_q_values(self.value_head(features), self.advantage_head(features))  # [B, A]
-
-    def greedy_actions(self, obs: np.ndarray) -> np.ndarray:
-        """argmax_a Q(obs, a) for a NumPy batch of observations -> [B]. With the dueling head only the advantage
-        stream runs: V(s) and mean_a A(s, a) are the same for every action, so argmax_a Q = argmax_a A.
-
-        Vector observations on the CPU run in NumPy on zero-copy views of the parameters, as in dqn.py (torch spends
-        ~10 us dispatching each op, several times the arithmetic for one observation)."""
-        if self._numpy_layers is None:
-            first_weight = next(self.parameters())
-            if self.atari or first_weight.device.type != "cpu":
-                with torch.inference_mode():
-                    obs_tensor = torch.as_tensor(obs, device=first_weight.device)
-                    if not self.atari:
-                        obs_tensor = obs_tensor.float()
-                    return self.advantage_head(self.features(obs_tensor)).argmax(dim=1).cpu().numpy()
-            linears = [layer for layer in [*self.torso, *self.advantage_head] if isinstance(layer, nn.Linear)]
-            self._numpy_layers = [(layer.weight.detach().numpy().T, layer.bias.detach().numpy()) for layer in linears]
-        x = obs.astype(np.float32, copy=False)
-        for weight_t, bias in self._numpy_layers[:-1]:
-            x = x @ weight_t  # [B, hidden]
-            x += bias
-            np.maximum(x, 0.0, out=x)
-        weight_t, bias = self._numpy_layers[-1]
-        return (x @ weight_t + bias).argmax(axis=1)  # [B]
-
-    def _apply(self, fn, *args, **kwargs):
-        self._numpy_layers = None  # .to(), .cuda(), .double() replace the parameters: rebuild the views
-        return super()._apply(fn, *args, **kwargs)
 
 
 def dueling_q_values(values: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
@@ -419,117 +218,16 @@ def dueling_q_values(values: torch.Tensor, advantages: torch.Tensor) -> torch.Te
     return values + advantages - advantages.mean(dim=1, keepdim=True)  # [B, 1] + [B, A] - [B, 1] -> [B, A]
 
 
-class ReplayBuffer:
-    """Ring buffer of transitions (obs, action, return, next_obs, termination, discount), preallocated in NumPy.
-
-    With one-step returns a transition is dqn.py's: the return is the reward, `next_obs` the true successor of `obs`
-    (at an episode's end, the final observation, not the reset one) and the discount gamma. With n-step returns
-    (`NStepTransitions`) the return sums up to n rewards, `next_obs` is the observation that many steps later and the
-    discount is gamma to that number of steps. Batches come back as torch tensors on `device`."""
-
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], device: torch.device):
-        self.capacity, self.device = capacity, device
-        self.observations = np.zeros((capacity, *obs_shape), dtype=np.float32)
-        self.next_observations = np.zeros((capacity, *obs_shape), dtype=np.float32)
-        self.actions = np.zeros(capacity, dtype=np.int64)
-        self.rewards = np.zeros(capacity, dtype=np.float32)
-        self.terminations = np.zeros(capacity, dtype=np.float32)
-        self.discounts = np.zeros(capacity, dtype=np.float32)
-        self.position, self.size = 0, 0
-
-    def add(self, obs, next_obs, actions, rewards, terminations, discounts) -> np.ndarray:
-        """Store transitions (each argument has the same leading dimension); return the slots they went to."""
-        n = len(actions)
-        slots = np.arange(self.position, self.position + n) % self.capacity
-        self.observations[slots] = obs
-        self.next_observations[slots] = next_obs
-        self.actions[slots] = actions
-        self.rewards[slots] = rewards
-        self.terminations[slots] = terminations
-        self.discounts[slots] = discounts
-        self.position = (self.position + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
-        return slots
-
-    def uniform_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-        """Uniform sample with replacement of filled slots [B]."""
-        return rng.integers(0, self.size, size=batch_size)
-
-    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """(obs [B, D], actions [B], returns [B], next_obs [B, D], terminations [B], discounts [B]) at `indices`."""
-        arrays = (self.observations, self.actions, self.rewards, self.next_observations, self.terminations,
-                  self.discounts)
-        return tuple(torch.from_numpy(array[indices]).to(self.device, non_blocking=True) for array in arrays)
-
-    def state_dict(self) -> dict:
-        n = self.size
-        return {"observations": torch.from_numpy(self.observations[:n]), "actions": torch.from_numpy(self.actions[:n]),
-                "rewards": torch.from_numpy(self.rewards[:n]), "terminations": torch.from_numpy(self.terminations[:n]),
-                "next_observations": torch.from_numpy(self.next_observations[:n]),
-                "discounts": torch.from_numpy(self.discounts[:n]), "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        n = len(state["actions"])
-        if n > self.capacity:
-            raise ConfigError(f"the saved replay buffer holds {n} transitions, more than --buffer-size {self.capacity}")
-        for name in ["observations", "next_observations", "actions", "rewards", "terminations", "discounts"]:
-            getattr(self, name)[:n] = state[name].numpy()
-        self.size, self.position = n, state["position"] % self.capacity
-
-
-class NStepTransitions:
-    """Turns each env's stream of steps into n-step transitions (Sutton 1988; Hessel et al. 2018, Rainbow):
-        (obs_t, a_t, r_t + gamma r_t+1 + ... + gamma^(k-1) r_t+k-1, obs_t+k, terminated, gamma^k)
-    with k = n, or fewer where the episode ends sooner. A return never crosses an episode's end, so it never mixes
-    episodes (or envs: each env has its own queue). At a termination, the pending steps' returns stop there and do not
-    bootstrap; at a truncation, they bootstrap from the true final observation with gamma^k for the k steps they really
-    have. A transition leaves the queue when its n rewards are in or its episode ends; with n = 1 every step leaves at
-    once, as in dqn.py."""
-
-    def __init__(self, n: int, gamma: float, num_envs: int):
-        self.n, self.gamma = n, gamma
-        self.pending: list[list[tuple[np.ndarray, int, float]]] = [[] for _ in range(num_envs)]  # (obs, action, reward)
-
-    def add(self, obs, actions, rewards, real_next_obs, terminations, truncations) -> Optional[tuple[np.ndarray, ...]]:
-        """Take one step of every env; return the transitions completed by it as arrays in ReplayBuffer.add's order
-        (obs, next_obs, actions, returns, terminations, discounts), or None if none is complete yet."""
-        completed = []
-        for i, steps in enumerate(self.pending):
-            steps.append((obs[i].copy(), int(actions[i]), float(rewards[i])))
-            episode_ended = bool(terminations[i] or truncations[i])
-            if not episode_ended and len(steps) < self.n:
-                continue
-            ready = len(steps) if episode_ended else 1  # at an episode's end every pending step is complete
-            step_return = 0.0
-            returns = []
-            for _, _, reward in reversed(steps):  # G_t = r_t + gamma G_t+1, from the newest step back
-                step_return = reward + self.gamma * step_return
-                returns.append(step_return)
-            returns.reverse()  # returns[m]: the return of steps[m] up to the newest step, len(steps) - m rewards
-            for m in range(ready):
-                completed.append((steps[m][0], real_next_obs[i], steps[m][1], returns[m], float(terminations[i]),
-                                  self.gamma ** (len(steps) - m)))
-            del steps[:ready]
-        if not completed:
-            return None
-        obs_, next_obs, actions_, returns_, terminations_, discounts = zip(*completed)
-        return (np.stack(obs_), np.stack(next_obs), np.array(actions_), np.array(returns_, dtype=np.float32),
-                np.array(terminations_, dtype=np.float32), np.array(discounts, dtype=np.float32))
-
-
 class SumTree:
     """A complete binary tree in one array: the leaves hold the priorities, every inner node the sum of its two
     children (Schaul et al. 2016, Appendix B.2.1). Finding the leaf at a prefix sum and updating a leaf both walk one
-    root-to-leaf path, O(log N), and both run over a whole batch at once, level by level, in NumPy.
-
-    Node 1 is the root, node k has the children 2k and 2k + 1, and leaf i is node `leaves + i`, where `leaves` is the
-    capacity rounded up to a power of two (the extra leaves stay 0), so that every leaf is `depth` levels down. Inner
-    nodes are recomputed as the sum of their children, never adjusted by differences, so rounding errors do not pile up.
-    Every step works in place on arrays of B elements: NumPy's per-call cost, not arithmetic, is what a batch pays."""
+    root-to-leaf path, O(log N), for a whole batch at once, level by level, in NumPy. Node 1 is the root, node k has
+    the children 2k and 2k + 1, leaf i is node `leaves + i`, with `leaves` the capacity rounded up to a power of two
+    (the extra leaves stay 0). Inner nodes are recomputed as sums, never adjusted by differences, so rounding errors do
+    not pile up."""
 
     def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.depth = max(capacity - 1, 0).bit_length()
+        self.capacity, self.depth = capacity, max(capacity - 1, 0).bit_length()
         self.leaves = 1 << self.depth
         self.nodes = np.zeros(2 * self.leaves, dtype=np.float64)
         self.levels_up = np.arange(1, self.depth + 1)[:, None]  # [depth, 1]: node >> d is its ancestor d levels up
@@ -545,16 +243,13 @@ class SumTree:
         """Set the leaves `indices` [B] (each index once) to `priorities` [B] and recompute their ancestors."""
         nodes = np.asarray(indices, dtype=np.int64) + self.leaves  # [B]
         self.nodes[nodes] = priorities
-        ancestors = nodes >> self.levels_up  # [depth, B]: parents, grandparents, ..., the root, from the leaves up
-        left_children = ancestors << 1  # [depth, B]
-        for parents, left, right in zip(ancestors, left_children, left_children + 1):
-            self.nodes[parents] = self.nodes[left] + self.nodes[right]  # a shared parent gets the same sum twice
+        for parents in nodes >> self.levels_up:  # [depth, B]: parents, grandparents, ..., the root
+            self.nodes[parents] = self.nodes[2 * parents] + self.nodes[2 * parents + 1]  # a shared parent: same sum
 
     def find(self, prefix_sums: np.ndarray) -> np.ndarray:
         """For each s in `prefix_sums` [B], 0 <= s < total, the leaf i with p_0 + ... + p_i-1 <= s < p_0 + ... + p_i
-        (so never a leaf of priority 0), found from the root: go right, less the left sum, if s >= the left sum.
-        In floating point an s within a few ulps of a subtree's sum may end on an empty leaf at that subtree's right
-        end; `PrioritizedSampler.sample` draws such an s again."""
+        (never a leaf of priority 0), found from the root: go right, less the left sum, if s >= the left sum. An s
+        within a few ulps of a subtree's sum may end on an empty leaf; `PrioritizedSampler.sample` draws it again."""
         values = np.array(prefix_sums, dtype=np.float64)  # [B]
         nodes = np.ones(len(values), dtype=np.int64)  # [B]
         for _ in range(self.depth):
@@ -568,32 +263,25 @@ class SumTree:
 
 class PrioritizedSampler:
     """Proportional prioritization (Schaul et al. 2016, Algorithm 1): transition i is replayed with probability
-    P(i) = p_i^alpha / sum_k p_k^alpha, with p_i = |delta_i| + epsilon after its last replay, and a new transition
-    gets the largest p seen so far, so that it is replayed at least once soon. The sum-tree holds p_i^alpha per replay
-    slot; a slot that holds no transition has 0 and is never drawn."""
+    P(i) = p_i^alpha / sum_k p_k^alpha, with p_i = |delta_i| + epsilon after its last replay; a new transition gets the
+    largest p so far, so that it is replayed soon. The sum-tree holds p_i^alpha per replay index, 0 where no
+    transition can be replayed."""
 
     def __init__(self, capacity: int, alpha: float, epsilon: float):
-        self.tree = SumTree(capacity)
-        self.alpha, self.epsilon = alpha, epsilon
-        self.max_priority = 1.0  # the largest p_i so far
+        self.tree, self.alpha, self.epsilon, self.max_priority = SumTree(capacity), alpha, epsilon, 1.0
 
     def add(self, indices: np.ndarray) -> None:
-        """New transitions at `indices`: the largest priority so far."""
         self.tree.update(indices, np.full(len(indices), self.max_priority ** self.alpha))
 
     def remove(self, indices: np.ndarray) -> None:
-        """Slots that no longer hold a transition that can be replayed: never drawn again until re-added."""
         self.tree.update(indices, np.zeros(len(indices)))
 
     def sample(self, batch_size: int, rng: np.random.Generator, beta: float, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(indices [B], importance weights [B]). Stratified, as Schaul et al. (Appendix B.2.1): [0, total) is cut into
-        B equal ranges and one prefix sum drawn uniformly from each, so a batch covers the whole distribution; each
-        draw still has P(i). `n` is the number of transitions the replay holds."""
+        """(indices [B], importance weights [B]), stratified as in Schaul et al. (Appendix B.2.1): [0, total) is cut
+        into B equal ranges and one prefix sum drawn from each, so a batch covers the whole distribution; each draw
+        still has P(i). `n` is the number of transitions the replay holds."""
         total = self.tree.total
-        if total <= 0:
-            raise RuntimeError("the prioritized replay holds no transition yet")
-        prefix_sums = (np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size)  # [B]
-        indices = self.tree.find(prefix_sums)
+        indices = self.tree.find((np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size))  # [B]
         priorities = self.tree.priorities(indices)  # [B]
         while not priorities.all():  # a draw that rounding carried onto an empty leaf (see SumTree.find): again
             empty = priorities == 0
@@ -602,8 +290,8 @@ class PrioritizedSampler:
         return indices, importance_weights(priorities / total, n, beta)
 
     def update(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
-        """After a replay: p_i = |delta_i| + epsilon for the replayed transitions [B] (a transition drawn twice in a
-        batch has the same TD error twice)."""
+        """After a replay: p_i = |delta_i| + epsilon for the replayed transitions [B] (one drawn twice in a batch has
+        the same TD error twice)."""
         priorities = np.abs(td_errors) + self.epsilon
         self.max_priority = max(self.max_priority, float(priorities.max()))
         self.tree.update(indices, priorities ** self.alpha)
@@ -613,212 +301,151 @@ class PrioritizedSampler:
                 "max_priority": self.max_priority}
 
     def load_state_dict(self, state: dict) -> None:
-        leaves = state["leaves"].numpy()
-        if len(leaves) != self.tree.capacity:
-            raise ConfigError(f"the saved priorities are for a replay of {len(leaves)} slots, not {self.tree.capacity}")
-        self.tree.update(np.arange(len(leaves)), leaves)
+        self.tree.update(np.arange(self.tree.capacity), state["leaves"].numpy())
         self.max_priority = state["max_priority"]
 
 
 def importance_weights(probabilities: np.ndarray, n: int, beta: float) -> np.ndarray:
     """w_i = (N * P(i))^-beta / max_j w_j (Schaul et al. 2016, Algorithm 1): undoes the bias of replaying transitions
-    in proportion to their priority (fully when beta = 1). Dividing by the batch's largest weight only ever scales
-    updates down, for stability."""
+    in proportion to their priority (fully at beta = 1); the division by the largest weight only scales updates down."""
     weights = (n * probabilities) ** -beta  # [B]
     return (weights / weights.max()).astype(np.float32)
 
 
+class Batch(NamedTuple):
+    obs: torch.Tensor  # [B, *obs_shape]
+    actions: torch.Tensor  # [B] int64
+    returns: torch.Tensor  # [B]: r_t + gamma r_t+1 + ... + gamma^(k-1) r_t+k-1
+    next_obs: torch.Tensor  # [B, *obs_shape]: the observation k steps later
+    terminations: torch.Tensor  # [B], 1.0 where the episode terminated within the k steps
+    discounts: torch.Tensor  # [B]: gamma^k, k = n or fewer where the episode ended sooner
+    weights: torch.Tensor  # [B]: importance-sampling weights (all 1 for uniform replay)
+    indices: np.ndarray  # [B]: the transitions' replay indices, to update their priorities
+
+
 class FrameReplayBuffer:
-    """Replay memory that stores each 84x84 frame once and rebuilds the 4-frame stacks when it samples.
+    """dqn_atari.py's replay memory for any observation, with n-step transitions and, given a PrioritizedSampler,
+    their priorities. Every env has its own ring of `capacity / num_envs` slots, filled in the order that env produced
+    its frames: an episode's first frame (marked `first`), then one frame per step, the newest frame of the true next
+    observation (at an episode's end, of the final one, not of the reset one). An Atari observation is a stack of the
+    last 4 frames, a vector observation a stack of 1. Slot j also holds the action, reward and termination of the step
+    from frame j to j + 1. Transition j, with k = n steps or fewer where its episode ends sooner, has obs = the stack
+    ending at frame j, next_obs = the stack ending at frame j + k, the return r_j + gamma r_j+1 + ... + gamma^(k-1)
+    r_j+k-1 and the discount gamma^k (frames from before an episode's first are that first one, as FrameStackObservation
+    pads after a reset). It is complete once frame j + n is written or its episode has ended, replayable while the
+    frames of its obs are in the ring, and its replay index (its sum-tree leaf) is env * slots + j % slots."""
 
-    Every env has its own ring of `capacity / num_envs` slots, filled in the order that env produced its frames: the
-    first frame of an episode (marked `first`), then one frame per step, the newest frame of the true next observation
-    (at an episode's end, of the final observation, not of the reset one). Slot j also holds the action, reward and
-    termination of the step from frame j to frame j + 1, so transition j is
-        obs      = frames j-3 .. j,    next_obs = frames j-2 .. j+1,
-    where frames from before the episode's first frame are replaced by that first frame, as FrameStackObservation pads
-    a stack after a reset. A slot j is a transition only if slot j+1 continues its episode (not `first`), and is
-    sampled only while all of j-3 .. j+1 are still in the ring: the oldest 3 slots of a full ring are never sampled,
-    since their history has been overwritten. Per transition this costs 84*84 = 7056 bytes of frame, 7 bytes of the
-    rest, and one spare frame per episode (its final frame).
-
-    Frames live in NumPy (CPU) or in a torch tensor on `storage_device` (`--replay-on-gpu`); samples come back as
-    torch tensors on `device`."""
-
-    def __init__(self, capacity: int, num_envs: int, device: torch.device,
-                 storage_device: torch.device = torch.device("cpu")):
-        self.num_envs, self.device, self.storage_device = num_envs, device, storage_device
-        self.slots = math.ceil(capacity / num_envs)  # per env
-        shape = (num_envs, self.slots, *FRAME_SHAPE)
-        if storage_device.type == "cpu":
-            self.frames = np.zeros(shape, dtype=np.uint8)  # lazily committed: memory grows as the ring fills
-        else:
-            self.frames = torch.zeros(shape, dtype=torch.uint8, device=storage_device)
-        self.actions = np.zeros((num_envs, self.slots), dtype=np.uint8)  # ALE has at most 18 actions
+    def __init__(self, capacity: int, num_envs: int, obs_space: gym.spaces.Box, n_step: int, gamma: float,
+                 device: torch.device, priorities: Optional[PrioritizedSampler] = None):
+        self.num_envs, self.n_step, self.gamma, self.device = num_envs, n_step, gamma, device
+        self.priorities = priorities  # with --prioritized, the sum-tree of priorities
+        self.stack = FRAME_STACK if len(obs_space.shape) == 3 else 1
+        self.obs_shape, self.slots = obs_space.shape, math.ceil(capacity / num_envs)  # slots per env
+        frame_shape = obs_space.shape[1:] if self.stack > 1 else obs_space.shape
+        self.frames = np.zeros((num_envs, self.slots, *frame_shape), dtype=obs_space.dtype)  # committed as it fills
+        self.actions = np.zeros((num_envs, self.slots), dtype=np.int64)
         self.rewards = np.zeros((num_envs, self.slots), dtype=np.float32)
         self.terminations = np.zeros((num_envs, self.slots), dtype=np.bool_)
         self.first = np.zeros((num_envs, self.slots), dtype=np.bool_)
         self.written = np.zeros(num_envs, dtype=np.int64)  # frames each env has written since the start
+
+    @staticmethod
+    def bytes_needed(capacity: int, obs_space: gym.spaces.Box, prioritized: bool) -> int:
+        frame_shape = obs_space.shape[1:] if len(obs_space.shape) == 3 else obs_space.shape
+        return capacity * (math.prod(frame_shape) * obs_space.dtype.itemsize + 14 + 16 * prioritized)
 
     @property
     def size(self) -> int:
         """Frames held, about the number of transitions (one frame per step, plus one per episode)."""
         return int(np.minimum(self.written, self.slots).sum())
 
-    def nbytes(self) -> int:
-        frames = self.frames.nbytes if isinstance(self.frames, np.ndarray) else self.frames.numel()
-        return frames + sum(array.nbytes for array in (self.actions, self.rewards, self.terminations, self.first))
-
-    def _write(self, env_indices: np.ndarray, frames: np.ndarray, first: bool) -> None:
+    def write_frames(self, env_indices: np.ndarray, obs: np.ndarray, first: bool) -> None:
         slots = self.written[env_indices] % self.slots
-        if isinstance(self.frames, np.ndarray):
-            self.frames[env_indices, slots] = frames
-        else:
-            index = [torch.from_numpy(array).to(self.storage_device) for array in (env_indices, slots)]
-            self.frames[index[0], index[1]] = torch.from_numpy(frames).to(self.storage_device)
+        self.frames[env_indices, slots] = obs[:, -1] if self.stack > 1 else obs  # the newest frame
         self.first[env_indices, slots] = first
         self.written[env_indices] += 1
+        if self.priorities is not None:  # transitions enter once complete, and leave with their oldest frame
+            self.priorities.add(self.completed_indices(env_indices, episode_started=first))
+            self.priorities.remove(self.stale_indices(env_indices))
 
     def start_episodes(self, obs: np.ndarray, env_indices: np.ndarray) -> None:
-        """Begin new episodes in envs `env_indices`, from their reset observations `obs` [n, 4, 84, 84]."""
-        self._write(env_indices, obs[:, -1], first=True)
+        """Begin new episodes in envs `env_indices`, from their reset observations `obs`."""
+        self.write_frames(env_indices, obs, first=True)
 
-    def add(self, real_next_obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
-            terminations: np.ndarray) -> None:
-        """Store one step per env: the step's action, reward and termination, and the newest frame of its true next
-        observation [num_envs, 4, 84, 84]; the older frames of that stack are already stored."""
-        every_env = np.arange(self.num_envs)
-        head = (self.written - 1) % self.slots  # the slot of each env's current observation's newest frame
-        self.actions[every_env, head] = actions
-        self.rewards[every_env, head] = rewards
+    def add(self, real_next_obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, terminations: np.ndarray):
+        """Store one step per env: its action, reward and termination, and the newest frame of its true next
+        observation (the older frames of that stack are already stored)."""
+        every_env, head = np.arange(self.num_envs), (self.written - 1) % self.slots  # head: the obs's newest frame
+        self.actions[every_env, head], self.rewards[every_env, head] = actions, rewards
         self.terminations[every_env, head] = terminations
-        self._write(every_env, real_next_obs[:, -1], first=False)
-
-    def _gather(self, env_indices: np.ndarray, absolute_slots: np.ndarray) -> torch.Tensor:
-        slots = absolute_slots % self.slots  # [B, 4]
-        if isinstance(self.frames, np.ndarray):
-            stacks = torch.from_numpy(self.frames[env_indices[:, None], slots])  # [B, 4, 84, 84]
-            return stacks.to(self.device, non_blocking=True)
-        index = [torch.from_numpy(array).to(self.storage_device) for array in (env_indices[:, None], slots)]
-        return self.frames[index[0], index[1]].to(self.device)
-
-    def sample_indices(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Uniform over the stored transitions: (env indices [B], absolute slots j [B])."""
-        lowest = np.maximum(self.written - self.slots + FRAME_STACK - 1, 0)  # j-3 .. j still stored
-        candidates = np.maximum(self.written - 1 - lowest, 0)  # j <= written - 2: frame j+1 exists
-        bounds = np.cumsum(candidates)  # [num_envs]
-        if bounds[-1] == 0:
-            raise RuntimeError("the replay buffer holds no transition yet")
-        env_indices, slots = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        while len(env_indices) < batch_size:  # rejection: drop slots that end an episode (the next one is `first`)
-            draws = rng.integers(0, bounds[-1], size=batch_size - len(env_indices))
-            envs = np.searchsorted(bounds, draws, side="right")
-            js = lowest[envs] + draws - (bounds[envs] - candidates[envs])
-            keep = ~self.first[envs, (js + 1) % self.slots]
-            env_indices, slots = np.concatenate([env_indices, envs[keep]]), np.concatenate([slots, js[keep]])
-        return env_indices, slots
-
-    def stack_slots(self, env_indices: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Absolute slots of the frames of obs and next_obs of transitions (env_indices, slots): ([B, 4], [B, 4])."""
-        window = np.maximum(slots[:, None] + np.arange(-FRAME_STACK + 1, 2), 0)  # [B, 5]: j-3 .. j+1
-        starts = np.where(self.first[env_indices[:, None], window % self.slots], window, -1)  # [B, 5]
-        # a frame from before its episode's first frame is replaced by that first frame (reset padding)
-        obs_slots = np.maximum(window[:, :-1], starts[:, :-1].max(axis=1, keepdims=True))  # [B, 4]
-        next_obs_slots = np.maximum(window[:, 1:], starts[:, 1:].max(axis=1, keepdims=True))  # [B, 4]
-        return obs_slots, next_obs_slots
-
-    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        """(obs [B, 4, 84, 84] uint8, actions [B], rewards [B], next_obs [B, 4, 84, 84] uint8, terminations [B])."""
-        env_indices, slots = self.sample_indices(batch_size, rng)
-        obs_slots, next_obs_slots = self.stack_slots(env_indices, slots)
-        ring = slots % self.slots
-        actions = torch.from_numpy(self.actions[env_indices, ring].astype(np.int64))
-        rewards = torch.from_numpy(self.rewards[env_indices, ring])
-        terminations = torch.from_numpy(self.terminations[env_indices, ring].astype(np.float32))
-        return (self._gather(env_indices, obs_slots), actions.to(self.device), rewards.to(self.device),
-                self._gather(env_indices, next_obs_slots), terminations.to(self.device))
-
-    def state_dict(self) -> dict:
-        n = int(min(self.written.max(), self.slots))  # slots in use
-        frames = self.frames[:, :n]
-        return {"frames": torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames.cpu(),
-                "actions": torch.from_numpy(self.actions[:, :n]), "rewards": torch.from_numpy(self.rewards[:, :n]),
-                "terminations": torch.from_numpy(self.terminations[:, :n]),
-                "first": torch.from_numpy(self.first[:, :n]), "written": torch.from_numpy(self.written.copy()),
-                "slots": self.slots}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["slots"] != self.slots or len(state["written"]) != self.num_envs:
-            raise ConfigError(f"the saved replay has {len(state['written'])} envs x {state['slots']} frames; these "
-                              f"settings need {self.num_envs} x {self.slots} (keep --num-envs and --buffer-size)")
-        n = state["frames"].shape[1]
-        if isinstance(self.frames, np.ndarray):
-            self.frames[:, :n] = state["frames"].numpy()
-        else:  # in chunks: a whole 7 GB replay would briefly take twice its size in GPU memory
-            for start in range(0, n, 100_000):
-                chunk = slice(start, start + 100_000)
-                self.frames[:, chunk] = state["frames"][:, chunk].to(self.storage_device)
-        for name in ["actions", "rewards", "terminations", "first"]:
-            getattr(self, name)[:, :n] = state[name].numpy()
-        self.written = state["written"].numpy().copy()
-
-
-class FrameReplay(FrameReplayBuffer):
-    """dqn_atari.py's frame replay, with n-step transitions and one index per transition, as the sum-tree needs.
-
-    Transition j (the absolute slot of its obs's newest frame) has the index env * slots + j % slots. Its n-step form
-    is built when it is sampled: the return sums the rewards of steps j .. j+k-1, with k = n or fewer where the episode
-    ends sooner (at a slot marked `first`), and its next obs is the stack that ends at frame j+k. It is complete, and
-    may be replayed, once frame j+n is written or its episode has ended; with n = 1, as soon as frame j+1 is written
-    (dqn_atari.py's transitions)."""
-
-    def __init__(self, capacity: int, num_envs: int, n_step: int, gamma: float, device: torch.device):
-        super().__init__(capacity, num_envs, device)
-        self.n_step, self.gamma = n_step, gamma
-
-    def indices(self, env_indices: np.ndarray, absolute_slots: np.ndarray) -> np.ndarray:
-        return env_indices * self.slots + absolute_slots % self.slots
+        self.write_frames(every_env, real_next_obs, first=False)
 
     def windows(self, env_indices: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(k [B], complete [B]) of transitions (env_indices, absolute slots j): the steps j .. j+k-1 of the n-step
-        return, and whether that is final (k = n, or the next frame starts a new episode)."""
+        """(k [B], complete [B]) of transitions (env_indices, absolute slots j): their return sums steps j .. j+k-1,
+        and it is final if k = n or the next frame starts a new episode."""
         ahead = slots[:, None] + np.arange(1, self.n_step + 1)  # [B, n]: frames j+1 .. j+n
         written = ahead < self.written[env_indices, None]  # [B, n]
         first = written & self.first[env_indices[:, None], ahead % self.slots]  # [B, n]: a new episode starts there
         k = np.cumprod(written & ~first, axis=1).sum(axis=1)  # [B]
-        complete = (k == self.n_step) | first[np.arange(len(slots)), np.minimum(k, self.n_step - 1)]
-        return k, complete
+        return k, (k == self.n_step) | first[np.arange(len(slots)), np.minimum(k, self.n_step - 1)]
+
+    def lowest_slots(self, env_indices: np.ndarray) -> np.ndarray:
+        """The oldest transition of each env whose obs frames j-stack+1 .. j are all still in the ring."""
+        return np.maximum(self.written[env_indices] - self.slots + self.stack - 1, 0)
 
     def completed_indices(self, env_indices: np.ndarray, episode_started: bool) -> np.ndarray:
-        """The transitions of `env_indices` that the frame each just wrote completed, each reported once: after `add`,
-        transition newest - n, whose window now reaches the newest frame; after `start_episodes`, the last n - 1
-        transitions of the episode that ended, whose windows stop at its end."""
-        newest = self.written[env_indices] - 1  # [E]
+        """The transitions that the frame each of `env_indices` just wrote completed, each once: after a step,
+        transition newest - n, whose window now reaches the newest frame; after an episode's first frame, the last
+        n - 1 transitions of the episode that ended, whose windows stop at its end."""
         offsets = np.arange(2, self.n_step + 1) if episode_started else np.array([self.n_step])  # j = newest - offset
         envs = np.repeat(env_indices, len(offsets))
-        slots = (newest[:, None] - offsets).ravel()
-        keep = slots >= np.maximum(self.written[envs] - self.slots + FRAME_STACK - 1, 0)  # frames j-3 .. j stored
+        slots = (self.written[env_indices, None] - 1 - offsets).ravel()
+        keep = slots >= self.lowest_slots(envs)  # the obs frames are still in the ring
         envs, slots = envs[keep], slots[keep]
         k, complete = self.windows(envs, slots)
         now = complete & (slots + k + int(episode_started) == self.written[envs] - 1)
-        return self.indices(envs[now], slots[now])
+        return envs[now] * self.slots + slots[now] % self.slots
 
     def stale_indices(self, env_indices: np.ndarray) -> np.ndarray:
-        """The transition each of `env_indices` made unreplayable with the frame it just wrote: the oldest one whose
-        frames j-3 .. j were all still in the ring (frame j-3 was just overwritten)."""
-        stale = self.written[env_indices] - self.slots + FRAME_STACK - 2
-        return self.indices(env_indices[stale >= 0], stale[stale >= 0])
+        """The transition each of `env_indices` made unreplayable with the frame it just wrote (its oldest obs frame
+        was overwritten)."""
+        stale = self.lowest_slots(env_indices) - 1
+        return env_indices[stale >= 0] * self.slots + stale[stale >= 0] % self.slots
 
     def uniform_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-        """Uniform over the complete transitions (drawn from all, the few incomplete ones drawn again) [B]."""
-        env_indices, slots = self.sample_indices(batch_size, rng)
-        while not (complete := self.windows(env_indices, slots)[1]).all():
-            env_indices[~complete], slots[~complete] = self.sample_indices(int((~complete).sum()), rng)
-        return self.indices(env_indices, slots)
+        """Replay indices [B] drawn uniformly from the complete transitions (by rejection: the ends of episodes, which
+        are no transitions, and the few incomplete ones are drawn again)."""
+        lowest = self.lowest_slots(np.arange(self.num_envs))
+        candidates = np.maximum(self.written - 1 - lowest, 0)  # j <= written - 2: frame j+1 exists
+        bounds = np.cumsum(candidates)  # [num_envs]
+        env_indices, slots = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        while len(env_indices) < batch_size:
+            draws = rng.integers(0, bounds[-1], size=batch_size - len(env_indices))
+            envs = np.searchsorted(bounds, draws, side="right")
+            js = lowest[envs] + draws - (bounds[envs] - candidates[envs])
+            keep = ~self.first[envs, (js + 1) % self.slots] & self.windows(envs, js)[1]
+            env_indices, slots = np.concatenate([env_indices, envs[keep]]), np.concatenate([slots, js[keep]])
+        return env_indices * self.slots + slots % self.slots
 
-    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """(obs [B, 4, 84, 84] uint8, actions [B], returns [B], next_obs [B, 4, 84, 84] uint8, terminations [B],
-        discounts [B]) of the n-step transitions at `indices`."""
+    def stack_slots(self, env_indices: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Absolute slots [B, stack] of the frames of the stacks ending at frames `slots` [B] of envs `env_indices`."""
+        window = np.maximum(slots[:, None] + np.arange(-self.stack + 1, 1), 0)  # [B, stack]
+        starts = np.where(self.first[env_indices[:, None], window % self.slots], window, -1)  # [B, stack]
+        return np.maximum(window, starts.max(axis=1, keepdims=True))  # before an episode's first frame: that frame
+
+    def gather(self, env_indices: np.ndarray, slots: np.ndarray) -> torch.Tensor:
+        """The observations [B, *obs_shape] that end at frames `slots` [B] of envs `env_indices` [B], on `device`."""
+        stacks = self.frames[env_indices[:, None], self.stack_slots(env_indices, slots) % self.slots]
+        return torch.from_numpy(stacks.reshape(len(slots), *self.obs_shape)).to(self.device)
+
+    def sample(self, batch_size: int, rng: np.random.Generator, beta: float) -> Batch:
+        """A minibatch: drawn by priority with importance weights (beta: their exponent), else uniformly."""
+        if self.priorities is not None:
+            return self.batch(*self.priorities.sample(batch_size, rng, beta, self.size))
+        return self.batch(self.uniform_indices(batch_size, rng), np.ones(batch_size, dtype=np.float32))
+
+    def batch(self, indices: np.ndarray, weights: np.ndarray) -> Batch:
+        """The n-step transitions with replay indices `indices` [B], with their importance weights [B]."""
         env_indices, ring = np.divmod(indices, self.slots)
         newest = self.written[env_indices] - 1
         slots = newest - (newest - ring) % self.slots  # the absolute slot j held at that ring slot
@@ -826,459 +453,598 @@ class FrameReplay(FrameReplayBuffer):
         steps = np.arange(self.n_step)
         rewards = self.rewards[env_indices[:, None], (slots[:, None] + steps) % self.slots]  # [B, n]: steps j .. j+n-1
         returns = np.where(steps < k[:, None], rewards, 0.0) @ self.gamma ** steps  # [B]
-        obs_slots, _ = self.stack_slots(env_indices, slots)
-        _, next_obs_slots = self.stack_slots(env_indices, slots + k - 1)  # the next obs of step j+k-1: frames .. j+k
         terminations = self.terminations[env_indices, (slots + k - 1) % self.slots].astype(np.float32)
-        arrays = (self.actions[env_indices, ring].astype(np.int64), returns.astype(np.float32), terminations,
-                  (self.gamma ** k).astype(np.float32))
-        actions, returns, terminations, discounts = (torch.from_numpy(array).to(self.device) for array in arrays)
-        return (self._gather(env_indices, obs_slots), actions, returns, self._gather(env_indices, next_obs_slots),
-                terminations, discounts)
+        arrays = (self.actions[env_indices, ring], returns.astype(np.float32), terminations,
+                  (self.gamma ** k).astype(np.float32), weights)
+        actions, returns, terminations, discounts, weights = (torch.from_numpy(a).to(self.device) for a in arrays)
+        return Batch(self.gather(env_indices, slots), actions, returns, self.gather(env_indices, slots + k),
+                     terminations, discounts, weights, indices)
+
+    def state_dict(self) -> dict:
+        n = int(min(self.written.max(), self.slots))  # slots in use
+        arrays = {name: torch.from_numpy(getattr(self, name)[:, :n]) for name in ("frames", "actions", "rewards",
+                                                                                   "terminations", "first")}
+        return arrays | {"written": torch.from_numpy(self.written.copy()), "slots": self.slots,
+                         "priorities": self.priorities.state_dict() if self.priorities is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["slots"] != self.slots or len(state["written"]) != self.num_envs:
+            raise ConfigError(f"the saved replay has {len(state['written'])} envs x {state['slots']} slots; these "
+                              f"settings need {self.num_envs} x {self.slots} (keep --num-envs and --buffer-size)")
+        for name in ("frames", "actions", "rewards", "terminations", "first"):
+            for start in range(0, state[name].shape[1], 100_000):  # in chunks: no second copy of a large replay
+                chunk = state[name][:, start:start + 100_000]
+                getattr(self, name)[:, start:start + chunk.shape[1]] = chunk.numpy()
+        self.written = state["written"].numpy().copy()
+        if self.priorities is not None and state["priorities"] is not None:
+            self.priorities.load_state_dict(state["priorities"])
 
 
 def linear_schedule(start: float, end: float, duration: float, step: int) -> float:
     """Value going linearly from `start` at step 0 to `end` at `duration`, then staying at `end`."""
-    if duration <= 0:
-        return end
-    return start + (end - start) * min(step / duration, 1.0)
+    return end if duration <= 0 else start + (end - start) * min(step / duration, 1.0)
 
 
-def epsilon_greedy(greedy_actions: Callable[[np.ndarray], np.ndarray], obs: np.ndarray, epsilon: float,
-                   n_actions: int, rng: np.random.Generator) -> np.ndarray:
-    """One action per row of `obs`: uniformly random with probability `epsilon`, else `greedy_actions(obs)`.
-
-    One uniform draw u per env both decides and, when u < epsilon, picks the action: given u < epsilon, u / epsilon
-    is again uniform on [0, 1), so floor(u / epsilon * n_actions) is a uniform action. That is one cheap random call
-    per step instead of three (`Generator.integers` alone costs ~12 us), and no network call when every env
-    explores."""
-    u = rng.random(len(obs))  # [N]
-    explore = u < epsilon
+def epsilon_greedy(q_network: QNetwork, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    """One action per row of `obs` [N]: uniformly random with probability epsilon, else argmax_a Q(obs, a)."""
+    explore = rng.random(len(obs)) < epsilon  # [N]
     n_explore = np.count_nonzero(explore)
-    actions = np.empty(len(u), dtype=np.int64) if n_explore == len(u) else greedy_actions(obs)  # [N]
-    if n_explore:  # min: u / epsilon may round up to 1
-        actions[explore] = np.minimum((u[explore] * (n_actions / epsilon)).astype(np.int64), n_actions - 1)
+    actions = np.zeros(len(obs), dtype=np.int64) if n_explore == len(obs) else greedy_actions(q_network, obs)  # [N]
+    if n_explore:  # no network call when every env explores, no random draw when none does
+        actions[explore] = rng.integers(q_network.n_actions, size=n_explore)
     return actions
 
 
-def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
-    """One-step TD target r + gamma * max_a' Q_target(s', a'), cut at terminations (never at truncations)."""
+def final_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
+    """The true next observation of each env. gymnasium's SAME_STEP autoreset returns, for an env whose episode just
+    ended, the first observation of its next episode; the last one of the ended episode is in infos["final_obs"]."""
+    if "_final_obs" not in infos:
+        return next_obs
+    real_next_obs = next_obs.copy()
+    for i in np.flatnonzero(infos["_final_obs"]):
+        real_next_obs[i] = infos["final_obs"][i]
+    return real_next_obs
+
+
+def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma) -> torch.Tensor:
+    """TD target r + gamma * max_a' Q_target(s', a'), cut at terminations (never at truncations); with n-step returns
+    r is the n-step return and gamma the discount gamma^k of each transition [B]."""
     return rewards + gamma * (1.0 - terminations) * next_q  # [B]
 
 
 def double_q_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q_online: torch.Tensor,
                     next_q_target: torch.Tensor, gamma) -> torch.Tensor:
-    """Double DQN target (van Hasselt et al. 2016, eq. 4): the online network picks a* = argmax_a' Q(s', a'), the target
-    network values it, r + gamma * Q_target(s', a*). DQN's max_a' Q_target(s', a') picks and values with the same
-    noisy estimates, which biases it upwards; where both networks pick the same action the two targets are equal."""
+    """Double DQN target (van Hasselt et al. 2016, eq. 4): the online network picks a* = argmax_a' Q(s', a'), the
+    target network values it, r + gamma * Q_target(s', a*). DQN's max_a' Q_target(s', a') picks and values with the
+    same noisy estimates, which biases it upwards; where both networks pick the same action the targets are equal."""
     next_actions = next_q_online.argmax(dim=1, keepdim=True)  # [B, 1]
-    next_q = next_q_target.gather(1, next_actions).squeeze(1)  # [B]
-    return td_target(rewards, terminations, next_q, gamma)  # [B]
+    return td_target(rewards, terminations, next_q_target.gather(1, next_actions).squeeze(1), gamma)  # [B]
+
 
 
 @torch.no_grad()
-def update_target(target_params: list[torch.Tensor], params: list[torch.Tensor], tau: float) -> None:
-    """theta_target <- tau * theta + (1 - tau) * theta_target, parameter by parameter; tau = 1 copies exactly (a hard
-    update). Takes the two networks' parameter lists, made once: walking the modules for them (`.parameters()`)
-    costs more than a soft update itself, which runs every step."""
-    for target_param, param in zip(target_params, params):
-        if tau == 1.0:
-            target_param.copy_(param)
-        else:
-            target_param.lerp_(param, tau)
+def update_target(target_network: nn.Module, q_network: nn.Module, tau: float) -> None:
+    """theta_target <- tau * theta + (1 - tau) * theta_target (Polyak averaging); tau = 1 is the paper's hard copy
+    (lerp with weight 1 returns its end point exactly)."""
+    for target_param, param in zip(target_network.parameters(), q_network.parameters()):
+        target_param.lerp_(param, tau)
 
 
-def multiples_passed(step: int, steps_this_iteration: int, every: int) -> int:
-    """How many multiples of `every` lie in (step - steps_this_iteration, step]: with several envs one iteration
-    advances `global_step` by num_envs, which may pass a train or sync point without landing on it."""
-    return step // every - (step - steps_this_iteration) // every
+def train(args: Args, run: "Run") -> None:
+    envs = gym.vector.SyncVectorEnv([make_env(args.env_id, args.terminal_on_life_loss, args.noop_max)
+                                     for _ in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs_space, n_actions = envs.single_observation_space, int(envs.single_action_space.n)
+    q_network = QNetwork(obs_space.shape, n_actions, args.hidden_sizes, args.dueling).to(run.device)
+    target_network = QNetwork(obs_space.shape, n_actions, args.hidden_sizes, args.dueling).to(run.device)
+    target_network.load_state_dict(q_network.state_dict())
+    # fused Adam updates all parameters in one kernel: 13-18% of a whole CPU run (benchmarks/sps.py)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
+    run.check_memory(FrameReplayBuffer.bytes_needed(args.buffer_size, obs_space, args.prioritized), "--buffer-size")
+    # prioritized replay: a sum-tree of priorities, one leaf per replay slot
+    priorities = PrioritizedSampler(args.num_envs * math.ceil(args.buffer_size / args.num_envs), args.alpha,
+                                    args.priority_epsilon) if args.prioritized else None
+    replay_buffer = FrameReplayBuffer(args.buffer_size, args.num_envs, obs_space, args.n_step, args.gamma, run.device,
+                                      priorities)
+    # evaluation plays whole games: a lost life does not end its episodes
+    obs = run.start(envs, policy=partial(epsilon_greedy, q_network),
+                    eval_env=partial(make_env, args.env_id, False, args.noop_max),
+                    replay=replay_buffer, q_network=q_network, target_network=target_network, optimizer=optimizer)
+    replay_buffer.start_episodes(obs, np.arange(args.num_envs))
+    # random play fills the replay before learning starts; a run resumed without its replay fills it again
+    learning_starts = run.learning_starts(args.learning_starts)
+    exploration_steps = args.exploration_fraction * args.total_timesteps  # epsilon falls over these first steps
+    for global_step in run.steps(args.total_timesteps, args.num_envs):  # global_step counts this iteration's steps
+        # act epsilon-greedily, epsilon falling linearly from start_e to end_e, and step every env once
+        epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
+        actions = epsilon_greedy(q_network, obs, epsilon, run.rng)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        run.log_episodes(infos)
+        # store the step, with the newest frame of its true next obs (a truncated episode keeps terminated 0, so its
+        # target bootstraps); new transitions enter the prioritized replay at the largest priority so far
+        replay_buffer.add(final_observations(next_obs, infos), actions, rewards, terminations)
+        if (dones := np.logical_or(terminations, truncations)).any():
+            replay_buffer.start_episodes(next_obs[dones], np.flatnonzero(dones))
+        obs = next_obs
+
+        if global_step > learning_starts:
+            # every train_frequency steps: a gradient step on the TD errors of a minibatch from the replay
+            for _ in range(args.gradient_steps * run.due(args.train_frequency)):
+                # beta: from beta_start to 1 over the run, the full correction at the end (Schaul et al. 2016)
+                beta = linear_schedule(args.beta_start, 1.0, args.total_timesteps, global_step)
+                batch = replay_buffer.sample(args.batch_size, run.rng, beta)
+                with torch.no_grad():
+                    next_q_target = target_network(batch.next_obs)  # [B, A]
+                    if args.double:  # the online network picks the next action, the target network values it
+                        targets = double_q_target(batch.returns, batch.terminations, q_network(batch.next_obs),
+                                                  next_q_target, batch.discounts)  # [B]
+                    else:
+                        targets = td_target(batch.returns, batch.terminations, next_q_target.amax(dim=1),
+                                            batch.discounts)  # [B]
+                q_values = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)  # [B]: Q(s, a)
+                td_loss = F.mse_loss if args.loss == "mse" else F.smooth_l1_loss
+                losses = td_loss(q_values, targets, reduction="none")  # [B]
+                loss = (batch.weights * losses).mean()  # importance weights undo prioritized sampling's bias
+                optimizer.zero_grad()
+                loss.backward()
+                if args.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)
+                optimizer.step()
+                if args.prioritized:  # p_i = |delta_i| + epsilon for the replayed transitions
+                    replay_buffer.priorities.update(batch.indices, (targets - q_values).detach().cpu().numpy())
+                run.log_update(loss, q_values, epsilon=epsilon, **({"beta": beta} if args.prioritized else {}))
+            # every target_network_frequency steps: the target network follows the online one
+            if run.due(args.target_network_frequency):
+                update_target(target_network, q_network, args.tau)
+    envs.close()
 
 
-def evaluate(q_network: QNetwork, env_thunk: Callable[[], gym.Env], n_episodes: int, epsilon: float,
-             seed: int) -> list[float]:
-    """Play `n_episodes` episodes on a fresh env, acting epsilon-greedily; return their undiscounted returns."""
-    env = env_thunk()
-    rng = np.random.default_rng(seed)
-    returns: list[float] = []
+# %% Harness: all a run needs that is not DQN, the same text in all four scripts (a test compares it). The script above
+# defines `Args`, `RUN_DEFAULTS`, `check_args(args, run_args)` and `train(args, run)`; the rest comes in as arguments.
+import csv, dataclasses, importlib.util, json, os, random, signal, sys, time  # noqa: E401, E402 (its own imports)
+from pathlib import Path  # noqa: E402
+from typing import Any, Iterator  # noqa: E402
+
+import tyro  # noqa: E402
+
+SCRIPT = Path(__file__).stem
+
+
+@dataclass
+class RunArgs:
+    """How a run is seeded, tracked, evaluated, saved and resumed: the same options in every script."""
+
+    exp_name: str = SCRIPT  # name of this experiment, part of the run directory name
+    seed: int = 1  # seed of python, numpy, torch and the environments (0 to 2**32 - 1)
+    torch_deterministic: bool = True  # set torch.backends.cudnn.deterministic: GPU runs repeat as closely as it can
+    cuda: bool = False  # use the GPU when one is available (a warning and the CPU otherwise)
+    torch_threads: int = 1  # CPU threads for torch: 1 is fastest for small networks, even on a busy CPU; 0: one a core
+    track: bool = False  # log to Weights & Biases as well (with WANDB_MODE=offline, locally only)
+    wandb_project_name: str = "dqn"  # the wandb project
+    wandb_entity: Optional[str] = None  # the wandb entity (team); None: your default entity
+    capture_video: bool = False  # record the first episode of every evaluation to {run_dir}/videos/
+    save_model: bool = True  # write checkpoint.pt (the latest) and best.pt (the best evaluation) at every evaluation
+    save_replay: bool = False  # with each checkpoint.pt, write the replay to replay.pt: a resumed run keeps its memory
+    resume: Optional[str] = None  # a run directory (or its checkpoint.pt) to continue, there and with its settings
+    eval_checkpoint: Optional[str] = None  # a checkpoint (or run directory) to evaluate for --eval-episodes episodes
+    runs_dir: str = "runs"  # folder under which every run gets its own directory
+    eval_frequency: int = 10_000  # env steps between evaluations
+    eval_episodes: int = 10  # episodes per evaluation
+    eval_epsilon: float = 0.0  # probability of a random action in evaluation (0: greedy, as SB3's deterministic=True)
+    target_return: Optional[float] = None  # stop training as soon as an evaluation mean reaches this return
+
+
+class ConfigError(ValueError):
+    """A setting, env or checkpoint this script cannot use: reported in one line, before any file is written."""
+
+
+RANGES = [  # the settings that every script has: (names, test, what the test asks)
+    (("total_timesteps", "num_envs", "buffer_size", "batch_size", "target_network_frequency", "train_frequency",
+      "gradient_steps", "eval_frequency", "eval_episodes"), lambda x: x >= 1, ">= 1"),
+    (("gamma", "start_e", "end_e", "exploration_fraction", "eval_epsilon"), lambda x: 0 <= x <= 1, "in [0, 1]"),
+    (("tau",), lambda x: 0 < x <= 1, "in (0, 1]"), (("learning_rate",), lambda x: x > 0, "> 0"),
+    (("max_grad_norm",), lambda x: x is None or x > 0, "> 0 or None"),
+    (("learning_starts", "torch_threads"), lambda x: x >= 0, ">= 0"),
+    (("seed",), lambda x: 0 <= x < 2**32, "in [0, 2**32 - 1], the seeds numpy takes")]
+
+
+def general_problems(args, run_args: RunArgs) -> list[str]:
+    """What is wrong with the settings that every script has, one message each."""
+    settings = dataclasses.asdict(args) | dataclasses.asdict(run_args)
+    infinite = [name for name, value in settings.items() if any(
+        isinstance(x, float) and not math.isfinite(x) for x in (value if isinstance(value, tuple) else [value]))]
+    problems = [f"--{name.replace('_', '-')} must be a finite number (got {settings[name]})" for name in infinite]
+    problems += [f"--{name.replace('_', '-')} must be {what} (got {settings[name]})" for names, test, what in RANGES
+                 for name in names if name not in infinite and not test(settings[name])]
+    if not args.hidden_sizes or min(args.hidden_sizes) < 1:
+        problems.append(f"--hidden-sizes needs one or more widths >= 1 (got {list(args.hidden_sizes)})")
+    if args.batch_size > args.buffer_size:
+        problems.append(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
+    if args.learning_starts < args.batch_size:
+        problems.append(f"--learning-starts {args.learning_starts} must be >= --batch-size {args.batch_size}")
+    if args.learning_starts >= args.total_timesteps:
+        problems.append(f"--learning-starts {args.learning_starts} must be < --total-timesteps {args.total_timesteps}")
+    if run_args.resume is not None and run_args.eval_checkpoint is not None:
+        problems.append("--resume and --eval-checkpoint exclude each other")
+    if run_args.capture_video and importlib.util.find_spec("moviepy") is None:  # gymnasium's RecordVideo needs it
+        problems.append("--capture-video needs moviepy: pip install -r requirements.txt")
+    existing = Path(run_args.runs_dir).absolute()  # a new run directory goes under its nearest existing ancestor
+    while not existing.exists():
+        existing = existing.parent
+    if not (existing.is_dir() and os.access(existing, os.W_OK) or run_args.resume or run_args.eval_checkpoint):
+        problems.append(f"--runs-dir {run_args.runs_dir} cannot be made: {existing} is not a writable directory")
+    return problems
+
+
+def greedy_actions(network: nn.Module, obs: np.ndarray) -> np.ndarray:
+    """argmax over the last axis of network(obs), for a NumPy batch of observations: the greedy actions [N].
+
+    Speed: an nn.Sequential of Linear, ReLU, ..., Linear layers on the CPU runs in NumPy, on views of its parameters
+    (the optimizer and load_state_dict change them in place; a move to another device is noticed). For one observation
+    torch's dispatch of each op costs several times its arithmetic: the NumPy forward takes ~25 us against ~130 us,
+    15% of a whole dqn.py run (benchmarks/sps.py). Any other network, and the GPU, run in torch."""
+    cached = network.__dict__.get("numpy_views")  # (first weight, its data_ptr, views), or Nones for torch
+    if cached is None or cached[0] is not None and cached[0].data_ptr() != cached[1]:  # the first call, or moved
+        layers = list(network) if isinstance(network, nn.Sequential) else []
+        mlp = len(layers) % 2 == 1 and all(isinstance(layer, nn.ReLU if i % 2 else nn.Linear)
+                                           for i, layer in enumerate(layers)) and layers[0].weight.is_cpu
+        cached = network.__dict__["numpy_views"] = (layers[0].weight, layers[0].weight.data_ptr(), [
+            (layer.weight.detach().numpy().T, layer.bias.detach().numpy()) for layer in layers[::2]]) if mlp \
+            else (None, None, None)
+    if cached[2] is None:
+        with torch.inference_mode():
+            return network(torch.as_tensor(obs, device=next(network.parameters()).device)).argmax(dim=1).cpu().numpy()
+    x = obs.astype(np.float32, copy=False)
+    for weight_t, bias in cached[2][:-1]:
+        x = x @ weight_t  # [N, hidden]
+        x += bias
+        np.maximum(x, 0.0, out=x)
+    return (x @ cached[2][-1][0] + cached[2][-1][1]).argmax(axis=1)  # [N]
+
+
+def evaluate(policy: Callable, env_thunk: Callable[[], gym.Env], n_episodes: int, epsilon: float, seed: int,
+             stopped: Callable[[], bool] = lambda: False) -> Optional[list[float]]:
+    """The undiscounted returns of `n_episodes` episodes of `policy(obs, epsilon, rng)`; None if `stopped()`."""
+    env, rng, returns = env_thunk(), np.random.default_rng(seed), []
     obs, _ = env.reset(seed=seed)
-    while len(returns) < n_episodes:
-        action = int(epsilon_greedy(q_network.greedy_actions, obs[None], epsilon, env.action_space.n, rng)[0])
-        obs, _, terminated, truncated, info = env.step(action)
+    while len(returns) < n_episodes and not stopped():
+        obs, _, terminated, truncated, info = env.step(int(policy(obs[None], epsilon, rng)[0]))
         if terminated or truncated:
             returns.append(float(info["episode"]["r"]))
             obs, _ = env.reset()
     env.close()
-    return returns
+    return returns if len(returns) == n_episodes else None
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a crash or Ctrl-C during the write leaves the previous file intact."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:
+    """Write atomically: a crash, Ctrl-C or SIGTERM during the write leaves the previous file intact."""
+    with open(path.with_name(path.name + ".tmp"), "wb") as file:
         torch.save(state, file)
-        file.flush()
+        file.flush()  # then to the disk: a crash of the machine leaves a whole file too
         os.fsync(file.fileno())
-    os.replace(temporary, path)
+    os.replace(path.with_name(path.name + ".tmp"), path)
 
 
-def load_checkpoint(path: str, env_id: str) -> dict:
-    """Load a checkpoint of this script for `env_id`, or raise ConfigError saying why it cannot be used."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path!r} does not exist")
+def read_checkpoint(given: str, mmap: bool = False) -> tuple[Path, dict]:
+    """The checkpoint at `given` (a run directory: its checkpoint.pt), of tensors and plain data only (weights_only)."""
+    path = Path(given) / "checkpoint.pt" if Path(given).is_dir() else Path(given)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, corrupted, or not a torch file at all
-        raise ConfigError(f"cannot read checkpoint {path!r} (truncated or corrupted?): {error}") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT:
-        origin = checkpoint.get("script") if isinstance(checkpoint, dict) else None
-        raise ConfigError(f"{path!r} is not a {SCRIPT}.py checkpoint (it comes from {origin or 'something else'})")
-    if checkpoint["env_id"] != env_id:
-        raise ConfigError(f"{path!r} was trained on {checkpoint['env_id']}, not {env_id}")
-    return checkpoint
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as error:  # truncated, corrupted, not a torch file, or holding Python objects
+        why = "it holds Python objects, which are not loaded (only tensors and plain data: weights_only=True)" if \
+            "Unsupported global" in str(error) else "it is truncated or corrupted"
+        raise ConfigError(f"cannot read {str(path)!r}: {why}") from None
+    if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
+        raise ConfigError(f"{str(path)!r} is not a checkpoint of these scripts")
+    return path, checkpoint
 
 
-class RunLogger:
-    """Appends `global_step, wall_time, name, value` rows to metrics.csv (flushed per row) and, with --track, to wandb."""
+class Run:
+    """The harness side of `train(args, run)`: made from the settings, it checks them, reads the checkpoint to resume
+    or evaluate, picks the device and seeds everything; `start`, `steps` and `finish` frame the training loop."""
 
-    def __init__(self, path: Path, wandb_run=None):
-        new = not path.exists()
-        self.file = open(path, "a", newline="")
-        self.writer = csv.writer(self.file)
-        if new:
-            self.writer.writerow(["global_step", "wall_time", "name", "value"])
-        self.wandb_run = wandb_run
+    def __init__(self, args, run_args: RunArgs):
+        if problems := general_problems(args, run_args) or check_args(args, run_args):  # the script's own second
+            raise ConfigError("; ".join(problems))
+        self.args, self.run_args, self.checkpoint = args, run_args, None
+        self.evaluating = run_args.eval_checkpoint is not None  # --eval-checkpoint: evaluate, do not train
+        if run_args.resume is not None or self.evaluating:
+            self.checkpoint_file, checkpoint = read_checkpoint(run_args.resume or run_args.eval_checkpoint)
+            where = repr(str(self.checkpoint_file))
+            if checkpoint.get("script") != SCRIPT:
+                raise ConfigError(f"{where} is not a {SCRIPT}.py checkpoint (it comes from {checkpoint.get('script')})")
+            if checkpoint["env_id"] != args.env_id:
+                raise ConfigError(f"{where} was trained on {checkpoint['env_id']}, not {args.env_id}")
+            if not self.evaluating and checkpoint["global_step"] >= args.total_timesteps:
+                raise ConfigError(f"{where} has run {checkpoint['global_step']:,} steps: more need --total-timesteps")
+            self.checkpoint = checkpoint
+        if run_args.cuda and not torch.cuda.is_available():
+            print("warning: --cuda given but CUDA is not available; using the CPU", file=sys.stderr)
+        self.device = torch.device("cuda" if run_args.cuda and torch.cuda.is_available() else "cpu")
+        if run_args.torch_threads > 0:
+            torch.set_num_threads(run_args.torch_threads)
+        for seed in (random.seed, np.random.seed, torch.manual_seed):
+            seed(run_args.seed)
+        torch.backends.cudnn.deterministic = run_args.torch_deterministic
+        self.rng = np.random.default_rng(run_args.seed)  # the loop's draws: exploration and replay sampling
+        self.global_step = self.start_step = self.updates = self.num_envs = 0
+        self.best_eval_mean, self.eval_returns, self.status, self.signal = -math.inf, None, "running", None
+        self.run_dir, self.metrics, self.wandb_run, self.replay_restored, self.charts = None, None, None, False, {}
+        self.recent_returns, self.handlers, self.start_time = [], {}, time.perf_counter()
 
-    def log(self, name: str, value: float, global_step: int) -> None:
-        self.writer.writerow([global_step, f"{time.time():.3f}", name, f"{value:.6g}"])
-        self.file.flush()
+    def check_memory(self, nbytes: int, setting: str, device: torch.device = torch.device("cpu")) -> None:
+        """Refuse, before it is allocated, a replay that would take more than 80% of the memory free on `device`."""
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # Linux: MemAvailable, free and in caches
+        for line in open("/proc/meminfo") if os.path.exists("/proc/meminfo") else ():
+            free = int(line.split()[1]) * 1024 if line.startswith("MemAvailable:") else free
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else free
+        if nbytes > 0.8 * free and not self.evaluating:
+            raise ConfigError(f"the replay buffer needs {nbytes / 1e9:,.1f} GB and the machine has {free / 1e9:,.1f} "
+                              f"GB available{' on the GPU' if device.type == 'cuda' else ''}: lower {setting}")
+
+    def start(self, envs: gym.vector.VectorEnv, policy: Callable, eval_env: Callable, replay,
+              eval_metrics: Callable = lambda returns: {}, **state) -> np.ndarray:
+        """Take what to evaluate (`policy(obs, epsilon, rng)` on `eval_env(video_dir, video_prefix)()`, with more
+        eval/<name> metrics from `eval_metrics(returns)`) and what to checkpoint (`replay` and `state`: objects with
+        state_dict and load_state_dict); restore them on a resume; make the run directory; return the first obs."""
+        self.policy, self.eval_env, self.eval_metrics, self.replay = policy, eval_env, eval_metrics, replay
+        self.state, checkpoint = state, self.checkpoint
+        for name, thing in state.items() if checkpoint is not None else ():
+            try:
+                thing.load_state_dict(checkpoint["state"][name])
+            except (KeyError, RuntimeError, ValueError) as error:
+                raise ConfigError(f"{str(self.checkpoint_file)!r} does not fit these settings (another "
+                                  f"--hidden-sizes?): {' '.join(str(error).split())[:300]}") from None
+        if self.evaluating:
+            return envs.reset(seed=self.run_args.seed)[0]
+        if checkpoint is not None:
+            self.global_step = self.start_step = checkpoint["global_step"]
+            self.updates, self.best_eval_mean = checkpoint["updates"], checkpoint["best_eval_mean"]
+            self.rng.bit_generator.state = checkpoint["rng"]["numpy"]
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            if checkpoint["replay_saved"] and (self.checkpoint_file.parent / "replay.pt").exists():
+                _, saved = read_checkpoint(self.checkpoint_file.parent / "replay.pt", mmap=True)  # mmap: no 2nd copy
+                if saved["global_step"] == self.global_step:  # else a crash came between the two writes: too new
+                    replay.load_state_dict(saved["replay"])
+                    self.replay_restored = True
+            self.run_dir = self.checkpoint_file.parent  # nothing was written before this line: an error leaves no trace
+            with open(self.run_dir / "metrics.csv", newline="") as file:  # the steps after the checkpoint come again
+                rows = [row for row in csv.reader(file) if row[0] == "global_step" or int(row[0]) <= self.global_step]
+            with open(self.run_dir / "metrics.csv", "w", newline="") as file:
+                csv.writer(file).writerows(rows)
+            print(f"resuming {self.run_dir} at step {self.global_step:,}"
+                  + ("" if self.replay_restored else " with an empty replay buffer"))
+        else:
+            self.run_dir = Path(self.run_args.runs_dir) / "__".join([self.args.env_id.replace("/", "-").replace(
+                ":", "-"), self.run_args.exp_name, str(self.run_args.seed), str(int(time.time()))])
+            while self.run_dir.exists():  # two runs started in the same second
+                self.run_dir = self.run_dir.with_name(self.run_dir.name + "_")
+            self.run_dir.mkdir(parents=True)
+        settings = {"args": dataclasses.asdict(self.args), "run_args": dataclasses.asdict(self.run_args)}
+        (self.run_dir / "args.json").write_text(json.dumps(settings["args"] | settings["run_args"], indent=2))
+        if self.run_args.track:
+            import wandb
+
+            self.wandb_run = wandb.init(project=self.run_args.wandb_project_name, entity=self.run_args.wandb_entity,
+                                        name=self.run_dir.name, id=self.run_dir.name.replace(".", "-"),
+                                        resume="allow", dir=str(self.run_dir), config=settings)
+        self.metrics = open(self.run_dir / "metrics.csv", "a", newline="")  # flushed per row: a crash loses nothing
+        self.metrics_writer = csv.writer(self.metrics)
+        if self.metrics.tell() == 0:  # a new file
+            self.metrics_writer.writerow(["global_step", "wall_time", "name", "value"])
+        for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, kill, timeout, a job scheduler: save, then stop
+            self.handlers[signum] = signal.signal(signum, self.on_signal)
+        self.start_time = self.last_print = time.perf_counter()
+        self.clear_line = "\r\x1b[K" if sys.stdout.isatty() else ""  # a terminal redraws the progress line in place
+        # a resumed run restarts its episodes from fresh resets; the seed is shifted so they differ from the first ones
+        return envs.reset(seed=self.run_args.seed + self.global_step)[0]
+
+    def learning_starts(self, learning_starts: int) -> int:
+        """The step after which learning starts: once the replay holds `learning_starts` transitions of this run."""
+        return self.global_step + learning_starts if self.checkpoint and not self.replay_restored else learning_starts
+
+    def on_signal(self, signum, frame) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum  # the loop stops after this step, so that the checkpoint holds whole steps
+
+    def steps(self, total_timesteps: int, num_envs: int) -> Iterator[int]:
+        """The loop's `global_step`, env steps taken counting this iteration's. Between iterations: an evaluation and
+        checkpoint every --eval-frequency steps and at the end, the progress line, and a stop at SIGINT or SIGTERM
+        (with a checkpoint), a divergence or --target-return. With --eval-checkpoint: one evaluation, no step."""
+        self.num_envs = num_envs
+        if self.evaluating:
+            step = self.global_step = self.checkpoint["global_step"]
+            video_dir = str(self.checkpoint_file.parent / "videos") if self.run_args.capture_video else None
+            self.eval_returns = evaluate(self.policy, self.eval_env(video_dir, f"eval-checkpoint-step{step}"),
+                                         self.run_args.eval_episodes, self.run_args.eval_epsilon, self.run_args.seed)
+            self.status = "evaluated"
+            print(f"{self.args.env_id}: {len(self.eval_returns)} episodes, return {np.mean(self.eval_returns):.2f} "
+                  f"± {np.std(self.eval_returns):.2f}{self.metrics_text()} (checkpoint at step {step:,})")
+        while self.global_step < total_timesteps and self.status == "running":
+            self.global_step += num_envs
+            yield self.global_step
+            if self.status == "running" and (self.due(self.run_args.eval_frequency) or
+                                             self.global_step >= total_timesteps):
+                self.evaluate_and_save()
+            if self.signal is not None and self.status == "running":
+                self.status = "interrupted"
+                if self.run_args.save_model:
+                    self.save_latest()
+                print(f"\n{signal.Signals(self.signal).name} at step {self.global_step:,}" + (
+                    f": saved, continue with python {SCRIPT}.py --resume {self.run_dir}" if self.run_args.save_model
+                    else ""), file=sys.stderr)
+            self.show_progress(total_timesteps)
+        self.status = "finished" if self.status == "running" else self.status
+
+    def due(self, every: int) -> int:
+        """How many multiples of `every` this iteration's env steps crossed: 0 or 1, or more with many envs (one
+        iteration advances `global_step` by num_envs, which may pass a train or sync point without landing on it)."""
+        return self.global_step // every - (self.global_step - self.num_envs) // every
+
+    def log(self, name: str, value: float) -> None:
+        """One row `global_step, wall_time, name, value` of metrics.csv, and with --track the same to wandb."""
+        self.metrics_writer.writerow([self.global_step, f"{time.time():.3f}", name, f"{value:.6g}"])
+        self.metrics.flush()
         if self.wandb_run is not None:
-            self.wandb_run.log({name: value, "global_step": global_step})
+            self.wandb_run.log({name: value, "global_step": self.global_step})
 
-    def close(self) -> None:
-        self.file.close()
+    def log_episodes(self, infos: dict) -> None:
+        """Log the episodes that ended in this step (reported in infos["final_info"], not at an Atari lost life)."""
+        final_info = infos.get("final_info", {})
+        for i in np.flatnonzero(final_info["_episode"]) if "episode" in final_info else ():
+            self.recent_returns = (self.recent_returns + [float(final_info["episode"]["r"][i])])[-20:]
+            self.log("charts/episodic_return", float(final_info["episode"]["r"][i]))
+            self.log("charts/episodic_length", float(final_info["episode"]["l"][i]))
+
+    def log_update(self, loss: torch.Tensor, q_values: torch.Tensor, **charts: float) -> None:
+        """After a gradient step: stop at a non-finite loss; every 100 log it, the mean Q, `charts` and the SPS."""
+        self.updates, self.charts = self.updates + 1, charts
+        if not math.isfinite(loss_value := loss.item()):
+            return self.diverged(f"the TD loss is {loss_value}")
+        if self.updates % 100 == 0:
+            if not math.isfinite(mean_q := q_values.mean().item()):
+                return self.diverged(f"the mean Q-value is {mean_q}")
+            sps = (self.global_step - self.start_step) / (time.perf_counter() - self.start_time)
+            for name, value in {"losses/td_loss": loss_value, "losses/q_values": mean_q, **{
+                    f"charts/{name}": value for name, value in charts.items()}, "charts/SPS": sps}.items():
+                self.log(name, value)
+
+    def diverged(self, what: str) -> None:
+        if self.status == "running":
+            self.status = "diverged"  # and no checkpoint is written from now on: the last one, still finite, stays
+            print(f"\nerror: {what} at step {self.global_step:,}: the Q-network diverged, most often from a learning "
+                  f"rate too high for the env (--learning-rate {self.args.learning_rate}; a lower one, --loss huber or "
+                  f"--max-grad-norm may help). The checkpoints written before stay as they were.", file=sys.stderr)
+
+    def evaluate_and_save(self) -> None:
+        """Evaluate, log, save best.pt and checkpoint.pt (never a network that is not finite), stop at the target."""
+        video_dir = str(self.run_dir / "videos") if self.run_args.capture_video else None
+        returns = evaluate(self.policy, self.eval_env(video_dir, f"eval-step{self.global_step}"),
+                           self.run_args.eval_episodes, self.run_args.eval_epsilon,
+                           self.run_args.seed + 100_000 + self.global_step, lambda: self.signal is not None)
+        if returns is None:  # a signal came during the evaluation
+            return
+        mean, self.eval_returns = float(np.mean(returns)), returns
+        for name, value in {"episodic_return": mean, "episodic_return_std": float(np.std(returns)),
+                            **self.eval_metrics(returns)}.items():
+            self.log(f"eval/{name}", value)
+        print(f"{self.clear_line}step {self.global_step:>9,}  eval return {mean:9.2f} ± {np.std(returns):7.2f} "
+              f"over {len(returns)} episodes{self.metrics_text()}", flush=True)
+        if not all(torch.isfinite(parameter).all() for thing in self.state.values() if isinstance(thing, nn.Module)
+                   for parameter in thing.parameters()):
+            return self.diverged("a network parameter is not finite")
+        if self.run_args.save_model and mean > self.best_eval_mean:
+            save_checkpoint(self.run_dir / "best.pt", self.checkpoint_state() | {"best_eval_mean": mean})
+        self.best_eval_mean = max(self.best_eval_mean, mean)
+        if self.run_args.save_model:
+            self.save_latest()
+        if self.run_args.target_return is not None and mean >= self.run_args.target_return:
+            self.status = "target_reached"
+            print(f"evaluation mean {mean:.2f} reached --target-return {self.run_args.target_return}: stopping")
+
+    def metrics_text(self) -> str:  # the eval_metrics of the latest evaluation, for printing
+        return "".join(f", {name} {value:.3g}" for name, value in self.eval_metrics(self.eval_returns).items())
+
+    def checkpoint_state(self) -> dict:
+        return {"script": SCRIPT, "env_id": self.args.env_id, "args": dataclasses.asdict(self.args),
+                "run_args": dataclasses.asdict(self.run_args), "global_step": self.global_step,
+                "updates": self.updates, "best_eval_mean": self.best_eval_mean,
+                "replay_saved": self.run_args.save_replay,
+                "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+                "state": {name: thing.state_dict() for name, thing in self.state.items()}}
+
+    def save_latest(self) -> None:
+        """checkpoint.pt, and replay.pt before it: a crash between the two leaves a newer replay, which is ignored."""
+        if self.run_args.save_replay:
+            save_checkpoint(self.run_dir / "replay.pt", {"global_step": self.global_step,
+                                                         "replay": self.replay.state_dict()})
+        save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_state())
+
+    def show_progress(self, total_timesteps: int) -> None:
+        """One progress line: redrawn in place twice a second in a terminal, printed every 15 s into a log file."""
+        if (now := time.perf_counter()) - self.last_print > (0.5 if self.clear_line else 15.0):
+            self.last_print, sps = now, (self.global_step - self.start_step) / (now - self.start_time)
+            charts = "".join(f"  {name} {value:.3g}" for name, value in self.charts.items())
+            recent = f"{np.mean(self.recent_returns):9.2f}" if self.recent_returns else "        -"
+            print(f"{self.clear_line}step {self.global_step:>9,}/{total_timesteps:,}  SPS {sps:7,.0f}{charts}  return "
+                  f"(last {len(self.recent_returns):2d}) {recent}", end="" if self.clear_line else "\n", flush=True)
+
+    def finish(self) -> dict:
+        """Restore the signal handlers, write summary.json, close the logs and print the result."""
+        for signum, handler in self.handlers.items():
+            signal.signal(signum, handler)
+        returns = self.eval_returns if self.status in ("finished", "target_reached", "evaluated") else None
+        elapsed = time.perf_counter() - self.start_time
+        summary = {"script": SCRIPT, "env_id": self.args.env_id, "seed": self.run_args.seed, "status": self.status,
+                   "global_step": self.global_step, "wall_time_s": round(elapsed, 2),
+                   "sps": round((self.global_step - self.start_step) / elapsed, 1),
+                   "eval_mean": float(np.mean(returns)) if returns else None,
+                   "eval_std": float(np.std(returns)) if returns else None, "eval_returns": returns,
+                   **{f"eval_{name}": value for name, value in (self.eval_metrics(returns) if returns else {}).items()},
+                   "best_eval_mean": self.best_eval_mean if self.best_eval_mean > -math.inf else None,
+                   "replay_size": getattr(getattr(self, "replay", None), "size", None),
+                   "run_dir": str(self.run_dir) if self.run_dir else None,
+                   "signal": signal.Signals(self.signal).name if self.signal else None}
+        if self.metrics is None:  # nothing was written: evaluation only, or stopped before the run directory
+            return summary
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.metrics.close()
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update({k: v for k, v in summary.items() if k != "eval_returns"})
+            self.wandb_run.finish(exit_code=0 if returns else 1)
+        if returns:
+            print(f"\n{self.args.env_id}: final evaluation {np.mean(returns):.2f} ± {np.std(returns):.2f} over "
+                  f"{len(returns)} episodes after {self.global_step:,} steps ({elapsed:.1f} s, {summary['sps']:,.0f} "
+                  "SPS)")
+        print(f"run directory: {self.run_dir}")
+        return summary
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop rows logged after `last_step`: a resumed run replays those steps and logs them again."""
-    if not path.exists():
-        return
-    with open(path, newline="") as file:
-        rows = list(csv.reader(file))
-    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= last_step]
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as file:
-        csv.writer(file).writerows(kept)
-    os.replace(temporary, path)
-
-
-def choose_device(want_cuda: bool) -> torch.device:
-    if want_cuda and not torch.cuda.is_available():
-        print("warning: --cuda given but CUDA is not available; using the CPU", file=sys.stderr)
-    return torch.device("cuda" if want_cuda and torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int, torch_deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = torch_deterministic
-
-
-def evaluate_checkpoint(args: Args) -> dict:
-    """--eval-checkpoint: evaluate a saved network without training."""
-    obs_shape, n_actions = env_spaces(args.env_id)
-    checkpoint = load_checkpoint(args.eval_checkpoint, args.env_id)
-    saved = checkpoint["args"]
-    q_network = QNetwork(obs_shape, n_actions, tuple(saved["hidden_sizes"]), saved["dueling"])
-    q_network.load_state_dict(checkpoint["q_network"])
-    video_dir = str(Path(args.eval_checkpoint).parent / "videos") if args.capture_video else None
-    eval_env = make_eval_env(args.env_id, args.noop_max, video_dir,
-                             f"eval-checkpoint-step{checkpoint['global_step']}")
-    returns = evaluate(q_network, eval_env, args.eval_episodes, args.eval_epsilon, args.seed)
-    summary = {"checkpoint": args.eval_checkpoint, "global_step": checkpoint["global_step"],
-               "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
-    print(f"{args.env_id}: {args.eval_episodes} episodes, return {summary['eval_mean']:.2f} "
-          f"± {summary['eval_std']:.2f} (checkpoint at step {checkpoint['global_step']})")
-    return summary
-
-
-def main(args: Args) -> dict:
-    check_args(args)
-    if args.eval_checkpoint is not None:
-        return evaluate_checkpoint(args)
-    obs_shape, n_actions = env_spaces(args.env_id)
-    checkpoint = load_checkpoint(args.resume, args.env_id) if args.resume else None
-    device = choose_device(args.cuda)
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
-
-    seed_everything(args.seed, args.torch_deterministic)
-    rng = np.random.default_rng(args.seed)
-    atari = is_atari(args.env_id)
-    q_network = QNetwork(obs_shape, n_actions, args.hidden_sizes, args.dueling).to(device)
-    target_network = QNetwork(obs_shape, n_actions, args.hidden_sizes, args.dueling).to(device)
-    target_network.load_state_dict(q_network.state_dict())
-    target_params, online_params = list(target_network.parameters()), list(q_network.parameters())
-    # fused Adam updates all parameters in one kernel: 30-40% cheaper per update on the CPU than the default
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
-    if atari:
-        replay_buffer = FrameReplay(args.buffer_size, args.num_envs, args.n_step, args.gamma, device)
-        capacity = args.num_envs * replay_buffer.slots  # one index per frame slot
-    else:
-        replay_buffer, capacity = ReplayBuffer(args.buffer_size, obs_shape, device), args.buffer_size
-        n_step_transitions = NStepTransitions(args.n_step, args.gamma, args.num_envs)
-    sampler = PrioritizedSampler(capacity, args.alpha, args.priority_epsilon) if args.prioritized else None
-    global_step, best_eval_mean = 0, -math.inf
-    if checkpoint is not None:
-        try:
-            q_network.load_state_dict(checkpoint["q_network"])
-            target_network.load_state_dict(checkpoint["target_network"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        except (RuntimeError, ValueError) as error:
-            raise ConfigError(f"{args.resume!r} does not fit these settings "
-                              f"(different --hidden-sizes?): {error}") from None
-        global_step, best_eval_mean = checkpoint["global_step"], checkpoint["best_eval_mean"]
-        if global_step >= args.total_timesteps:
-            raise ConfigError(f"{args.resume!r} is already at step {global_step:,}; "
-                              f"pass a larger --total-timesteps to train further")
-        rng.bit_generator.state = checkpoint["rng"]["numpy"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if checkpoint.get("replay_buffer") is not None:
-            replay_buffer.load_state_dict(checkpoint["replay_buffer"])
-            if sampler is not None and checkpoint.get("priorities") is not None:
-                sampler.load_state_dict(checkpoint["priorities"])
-
-    # nothing is written before this point, so a refused setting leaves no trace
-    if checkpoint is not None:
-        run_dir = Path(args.resume).parent
-        truncate_metrics(run_dir / "metrics.csv", global_step)
-        print(f"resuming {run_dir} at step {global_step:,}"
-              + ("" if checkpoint.get("replay_buffer") else " with an empty replay buffer"))
-    else:
-        safe_env_id = args.env_id.replace("/", "-").replace(":", "-")
-        run_dir = Path(args.runs_dir) / f"{safe_env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        while run_dir.exists():  # two runs started in the same second
-            run_dir = run_dir.with_name(run_dir.name + "_")
-        run_dir.mkdir(parents=True)
-    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
-    wandb_run = None
-    if args.track:
-        import wandb
-
-        wandb_run = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name,
-                               id=run_dir.name.replace(".", "-"), resume="allow", dir=str(run_dir),
-                               config=dataclasses.asdict(args))
-    logger = RunLogger(run_dir / "metrics.csv", wandb_run)
-    env_thunk = make_atari_env(args.env_id, args.terminal_on_life_loss, args.noop_max) if atari else \
-        make_env(args.env_id)
-    envs = SameStepVectorEnv([env_thunk for _ in range(args.num_envs)])
-
-    def checkpoint_state(with_replay: bool = True) -> dict:
-        """The run's state; with --save-replay also its replay and priorities, but never in best.pt, a policy
-        snapshot (an Atari replay takes gigabytes)."""
-        with_replay = with_replay and args.save_replay
-        return {"script": SCRIPT, "env_id": args.env_id, "args": dataclasses.asdict(args), "global_step": global_step,
-                "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
-                "optimizer": optimizer.state_dict(), "best_eval_mean": best_eval_mean,
-                "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
-                "replay_buffer": replay_buffer.state_dict() if with_replay else None,
-                "priorities": sampler.state_dict() if with_replay and sampler is not None else None}
-
-    def run_evaluation() -> list[float]:
-        video_dir = str(run_dir / "videos") if args.capture_video else None
-        return evaluate(q_network, make_eval_env(args.env_id, args.noop_max, video_dir, f"eval-step{global_step}"),
-                        args.eval_episodes, args.eval_epsilon, args.seed + 100_000 + global_step)
-
-    # a resumed run restarts its episodes from fresh resets; the seed is shifted so they differ from the first ones
-    obs, _ = envs.reset(seed=args.seed + global_step)
-    every_env = np.arange(args.num_envs)
-    if atari:  # a resumed run: these first frames end the replay's episodes and may overwrite its oldest transitions
-        replay_buffer.start_episodes(obs, every_env)
-        if sampler is not None:
-            sampler.add(replay_buffer.completed_indices(every_env, episode_started=True))
-            sampler.remove(replay_buffer.stale_indices(every_env))
-    # learning starts only once the buffer holds `learning_starts` transitions of this process
-    learning_starts_at = global_step + (args.learning_starts if replay_buffer.size < args.learning_starts else 0)
-    exploration_steps = args.exploration_fraction * args.total_timesteps
-    start_step, start_time, last_print = global_step, time.perf_counter(), 0.0
-    recent_returns: list[float] = []
-    updates, status, eval_returns = 0, "finished", None
-    interactive = sys.stdout.isatty()  # a terminal: one progress line, redrawn in place
-    clear_line = "\r\x1b[K" if interactive else ""
+def main(args, run_args: Optional[RunArgs] = None) -> dict:
+    """Train, or evaluate a checkpoint; return the summary. Raises ConfigError, writing nothing, on bad settings."""
+    run = Run(args, run_args if run_args is not None else RunArgs(**RUN_DEFAULTS))
     try:
-        while global_step < args.total_timesteps:
-            # act: epsilon-greedy, with no network call when every env explores
-            epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
-            actions = epsilon_greedy(q_network.greedy_actions, obs, epsilon, n_actions, rng)
-            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            global_step += args.num_envs
-
-            # log finished episodes; SAME_STEP autoreset reports them, and the true final obs, in final_info/final_obs.
-            # On Atari a lost life ends the training episode but not the game, so final_info may hold no "episode".
-            real_next_obs = next_obs
-            if "_final_obs" in infos:
-                real_next_obs = next_obs.copy()  # next_obs already holds the reset obs of the finished envs
-                for i in np.flatnonzero(infos["_final_obs"]):
-                    real_next_obs[i] = infos["final_obs"][i]
-                if "episode" in infos["final_info"]:
-                    episodes = infos["final_info"]["episode"]
-                    for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                        recent_returns = (recent_returns + [float(episodes["r"][i])])[-20:]
-                        logger.log("charts/episodic_return", float(episodes["r"][i]), global_step)
-                        logger.log("charts/episodic_length", float(episodes["l"][i]), global_step)
-
-            # store: a truncated episode keeps termination 0, so its target bootstraps from the true final obs;
-            # a new transition enters the prioritized replay at the largest priority so far
-            if atari:  # the frame replay: the newest frame of the true next obs; reset obs begin the next episodes
-                replay_buffer.add(real_next_obs, actions, rewards, terminations)
-                if sampler is not None:  # transitions enter once complete, and leave once their oldest frame does
-                    sampler.add(replay_buffer.completed_indices(every_env, episode_started=False))
-                    sampler.remove(replay_buffer.stale_indices(every_env))
-                dones = np.logical_or(terminations, truncations)
-                if dones.any():
-                    replay_buffer.start_episodes(next_obs[dones], np.flatnonzero(dones))
-                    if sampler is not None:
-                        sampler.add(replay_buffer.completed_indices(np.flatnonzero(dones), episode_started=True))
-                        sampler.remove(replay_buffer.stale_indices(np.flatnonzero(dones)))
-            else:  # n-step transitions enter the replay once complete (with n = 1: every step, at once)
-                transitions = n_step_transitions.add(obs, actions, rewards, real_next_obs, terminations, truncations)
-                if transitions is not None:
-                    slots = replay_buffer.add(*transitions)
-                    if sampler is not None:
-                        sampler.add(slots)
-            obs = next_obs
-
-            # train
-            if global_step > learning_starts_at:
-                for _ in range(multiples_passed(global_step, args.num_envs, args.train_frequency) * args.gradient_steps):
-                    if sampler is not None:  # beta: 0.4 -> 1 over the run, full correction at the end (Schaul et al.)
-                        beta = linear_schedule(args.beta_start, 1.0, args.total_timesteps, global_step)
-                        indices, weights = sampler.sample(args.batch_size, rng, beta, replay_buffer.size)
-                    else:
-                        indices = replay_buffer.uniform_indices(args.batch_size, rng)
-                    b_obs, b_actions, b_returns, b_next_obs, b_terminations, b_discounts = replay_buffer.batch(indices)
-                    # b_discounts: gamma^k per transition [B], k = n, or fewer where its episode ended sooner
-                    with torch.no_grad():
-                        next_q_target = target_network(b_next_obs)  # [B, A]
-                        if args.double:
-                            targets = double_q_target(b_returns, b_terminations, q_network(b_next_obs), next_q_target,
-                                                      b_discounts)  # [B]
-                        else:
-                            targets = td_target(b_returns, b_terminations, next_q_target.amax(dim=1), b_discounts)
-                    q_values = q_network(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)  # [B]
-                    if args.loss == "mse":
-                        losses = F.mse_loss(q_values, targets, reduction="none")  # [B]
-                    else:
-                        losses = F.smooth_l1_loss(q_values, targets, reduction="none")  # [B]
-                    if sampler is not None:  # importance weights undo the bias of prioritized sampling
-                        loss = (torch.from_numpy(weights).to(device) * losses).mean()
-                        sampler.update(indices, (targets - q_values).detach().cpu().numpy())
-                    else:
-                        loss = losses.mean()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if args.max_grad_norm is not None:
-                        nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    updates += 1
-                    if updates % 100 == 0:
-                        sps = (global_step - start_step) / (time.perf_counter() - start_time)
-                        logger.log("losses/td_loss", loss.item(), global_step)
-                        logger.log("losses/q_values", q_values.mean().item(), global_step)
-                        logger.log("charts/epsilon", epsilon, global_step)
-                        logger.log("charts/SPS", sps, global_step)
-                        if sampler is not None:
-                            logger.log("charts/beta", beta, global_step)
-                # sync the target network
-                if multiples_passed(global_step, args.num_envs, args.target_network_frequency):
-                    update_target(target_params, online_params, args.tau)
-
-            # evaluate, checkpoint, maybe stop; the last iteration's evaluation is the final one
-            if multiples_passed(global_step, args.num_envs, args.eval_frequency) or global_step >= args.total_timesteps:
-                returns = eval_returns = run_evaluation()
-                mean = float(np.mean(returns))
-                logger.log("eval/episodic_return", mean, global_step)
-                logger.log("eval/episodic_return_std", float(np.std(returns)), global_step)
-                print(f"{clear_line}step {global_step:>9,}  eval return {mean:9.2f} ± {np.std(returns):7.2f} "
-                      f"over {len(returns)} episodes", flush=True)
-                if args.save_model:
-                    if mean > best_eval_mean:
-                        best_eval_mean = mean
-                        save_checkpoint(run_dir / "best.pt", checkpoint_state(with_replay=False))
-                    save_checkpoint(run_dir / "checkpoint.pt", checkpoint_state())
-                best_eval_mean = max(best_eval_mean, mean)
-                if args.target_return is not None and mean >= args.target_return:
-                    status = "target_reached"
-                    print(f"evaluation mean {mean:.2f} reached --target-return {args.target_return}: stopping")
-                    break
-
-            now = time.perf_counter()
-            if now - last_print > (0.5 if interactive else 15.0):
-                last_print = now
-                sps = (global_step - start_step) / (now - start_time)
-                recent = f"{np.mean(recent_returns):9.2f}" if recent_returns else "        -"
-                line = (f"step {global_step:>9,}/{args.total_timesteps:,}  SPS {sps:7,.0f}  epsilon {epsilon:5.3f}  "
-                        f"return (last {len(recent_returns):2d}) {recent}")
-                print(clear_line + line, end="" if interactive else "\n", flush=True)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        print(f"\ninterrupted at step {global_step}", file=sys.stderr)
-    finally:
-        envs.close()
-
-    wall_time = time.perf_counter() - start_time
-    if status == "interrupted":
-        eval_returns = None  # an evaluation of an earlier step is not this run's result
-        if args.save_model:
-            save_checkpoint(run_dir / "checkpoint.pt", checkpoint_state())
-            print(f"saved {run_dir / 'checkpoint.pt'}; continue with: python {SCRIPT}.py --resume "
-                  f"{run_dir / 'checkpoint.pt'}", file=sys.stderr)
-    summary = {"script": SCRIPT, "env_id": args.env_id, "seed": args.seed, "status": status,
-               "global_step": global_step, "wall_time_s": round(wall_time, 2),
-               "sps": round((global_step - start_step) / wall_time, 1),
-               "eval_mean": float(np.mean(eval_returns)) if eval_returns else None,
-               "eval_std": float(np.std(eval_returns)) if eval_returns else None,
-               "eval_returns": eval_returns, "best_eval_mean": best_eval_mean if best_eval_mean > -math.inf else None,
-               "run_dir": str(run_dir)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    logger.close()
-    if wandb_run is not None:
-        wandb_run.summary.update({k: v for k, v in summary.items() if k != "eval_returns"})
-        wandb_run.finish()
-    if eval_returns:
-        print(f"\n{args.env_id}: final evaluation {summary['eval_mean']:.2f} ± {summary['eval_std']:.2f} over "
-              f"{len(eval_returns)} episodes after {global_step:,} steps ({wall_time:.1f} s, {summary['sps']:,.0f} SPS)")
-    print(f"run directory: {run_dir}")
-    return summary
+        train(args, run)
+    except KeyboardInterrupt:  # before the loop, or a second Ctrl-C: what was saved stays as it was
+        run.status, run.signal = "interrupted", run.signal or signal.SIGINT
+        print(f"\ninterrupted at step {run.global_step:,}", file=sys.stderr)
+    return run.finish()
 
 
-def cli() -> Args:
-    """Parse the command line. With --resume or --eval-checkpoint, the checkpoint's settings are the defaults, so
-    `python dqn.py --resume runs/<run>/checkpoint.pt` needs no other flag; flags given still override them."""
-    argv = sys.argv[1:]
-    for flag in ["--resume", "--eval-checkpoint"]:
-        path = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag), None) or \
-            next((arg.split("=", 1)[1] for arg in argv if arg.startswith(flag + "=")), None)
-        if path is not None and os.path.isfile(path):
-            break
-    else:
-        return tyro.cli(Args)
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)["args"]
-        fields = {field.name for field in dataclasses.fields(Args)}
-        # JSON-like storage turned tuples into lists; fields this script no longer has are dropped
-        saved = {name: tuple(value) if isinstance(value, list) else value
-                 for name, value in saved.items() if name in fields}
-        saved |= {"resume": None, "eval_checkpoint": None, flag.lstrip("-").replace("-", "_"): path}
-        default = Args(**saved)
-    except Exception:  # unreadable, or not this script's: main() reports it properly
-        return tyro.cli(Args)
-    return tyro.cli(Args, default=default)
+def parse_command_line(argv: Optional[list[str]] = None) -> tuple[Any, RunArgs]:
+    """The settings on the command line; with --resume or --eval-checkpoint, the checkpoint's are the defaults."""
+    argv, args, run_args = sys.argv[1:] if argv is None else list(argv), Args(), RunArgs(**RUN_DEFAULTS)
+    options = ("--resume", "--eval-checkpoint")
+    if given := [argv[i + 1] for i, word in enumerate(argv[:-1]) if word in options] + [
+            word.split("=", 1)[1] for word in argv if word.split("=", 1)[0] in options and "=" in word]:
+        path, saved = read_checkpoint(given[-1])
+        try:  # the saved settings this script still has; tuples were stored as lists
+            args, run_args = (kind(**{name: tuple(value) if isinstance(value, list) else value
+                                      for name, value in saved[key].items()
+                                      if name in {field.name for field in dataclasses.fields(kind)}})
+                              for kind, key in ((Args, "args"), (RunArgs, "run_args")))
+        except (KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{str(path)!r} is not a {SCRIPT}.py checkpoint") from None
+        run_args = dataclasses.replace(run_args, resume=None, eval_checkpoint=None)
+    Settings = dataclasses.make_dataclass("Settings", [("algorithm", type(args)), ("run", RunArgs)])
+    settings = tyro.cli(tyro.conf.OmitArgPrefixes[Settings], args=argv, default=Settings(args, run_args),
+                        description=__doc__.split("\n\n")[0])
+    return settings.algorithm, settings.run
 
 
 if __name__ == "__main__":
     try:
-        main(cli())
+        summary = main(*parse_command_line())
     except ConfigError as error:
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:  # during set-up, before the training loop handles it
-        sys.exit("interrupted")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # while reading or checking the settings
+        sys.exit(130)
+    except BrokenPipeError:  # `python dqn.py --help | head`: the reader has left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    if summary["status"] == "interrupted":
+        sys.exit(128 + signal.Signals[summary["signal"]])
+    sys.exit(0 if summary["status"] in ("finished", "target_reached", "evaluated") else 1)

@@ -1,186 +1,100 @@
-"""DQN for environments with vector observations and discrete actions.
+"""DQN for environments with vector observations and discrete actions: CartPole-v1 by default, any 1-D Box env.
 
-Follows Mnih et al. 2015, "Human-level control through deep reinforcement learning" (Nature 518), with the
-small-network settings that make it fast on classic-control tasks: an MLP Q-network, a replay buffer, a target
-network, epsilon-greedy exploration, and a TD target that bootstraps through time-limit truncations but not through
-terminations. Every departure from the paper is listed in the README ("Implementation details: dqn.py").
+Mnih et al. 2015, "Human-level control through deep reinforcement learning" (Nature 518), Algorithm 1, with an MLP for
+the CNN: act epsilon-greedily, store each transition in a replay memory, learn from random minibatches of it, and
+regress Q(s, a) on the TD target r + gamma * max_a' Q_target(s', a') of a target network that follows the online one;
+the target does not bootstrap after a termination and does after a time-limit truncation. The README lists every
+departure from the paper. Below the `# %% Harness` line: run options, logging, evaluation, checkpoints.
 
-    python dqn.py                                   # CartPole-v1 on the CPU
+    python dqn.py                                       # CartPole-v1 on the CPU
     python dqn.py --env-id Acrobot-v1 --seed 3 --track --capture-video
-    python dqn.py --resume runs/<run>/checkpoint.pt # continue an interrupted run
+    python dqn.py --resume runs/<run>                   # continue an interrupted run
 
 Reproduces: CartPole-v1 solved (final evaluation mean >= 475 over 10 episodes) for seeds 1-5 within 70k env steps,
 35-41 s per seed (the whole process) on a 2-core CPU; see the README's results table.
 """
 
-import csv
-import dataclasses
-import json
 import math
-import os
-import random
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Literal, Optional
+from functools import partial
+from typing import Callable, Literal, NamedTuple, Optional
 
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
-
-SCRIPT = Path(__file__).stem
 
 
 @dataclass
 class Args:
-    exp_name: str = SCRIPT
-    """name of this experiment, part of the run directory name"""
-    seed: int = 1
-    """seed of python, numpy, torch and the environments"""
-    torch_deterministic: bool = True
-    """set `torch.backends.cudnn.deterministic`, so GPU runs repeat as closely as cuDNN allows"""
-    cuda: bool = False
-    """use the GPU when one is available (a warning and the CPU otherwise)"""
-    torch_threads: int = 1
-    """CPU threads for torch ops; 1 is fastest for small networks, 0 keeps torch's default (one per core)"""
-    track: bool = False
-    """log the run to Weights & Biases as well (set WANDB_MODE=offline to log locally only)"""
-    wandb_project_name: str = "dqn"
-    """the wandb project"""
-    wandb_entity: Optional[str] = None
-    """the wandb entity (team); None uses your default entity"""
-    capture_video: bool = False
-    """record the first episode of every evaluation to `{run_dir}/videos/`"""
-    save_model: bool = True
-    """write `checkpoint.pt` (latest) and `best.pt` (best evaluation) to the run directory at every evaluation"""
-    save_replay: bool = False
-    """store the replay buffer in `checkpoint.pt` too, so a resumed run continues with the same memory"""
-    resume: Optional[str] = None
-    """path of a `checkpoint.pt` to continue from; the run goes on in that checkpoint's run directory"""
-    eval_checkpoint: Optional[str] = None
-    """path of a checkpoint to evaluate for `--eval-episodes` episodes, without training"""
-    runs_dir: str = "runs"
-    """folder under which every run gets its own directory"""
-    eval_frequency: int = 10_000
-    """env steps between evaluations"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    eval_epsilon: float = 0.0
-    """probability of a random action during evaluation (0: greedy, as SB3's `evaluate_policy(deterministic=True)`)"""
-    target_return: Optional[float] = None
-    """stop training as soon as an evaluation mean reaches this return"""
-
     env_id: str = "CartPole-v1"
     """gymnasium id of the environment (any registered id, or `module:Env-v0`)"""
     total_timesteps: int = 70_000
-    """env steps to train for, summed over all envs (our CartPole-v1 sweep, where every seed holds 500 from 50-60k
-    steps on; CleanRL: 500_000)"""
+    """env steps to train for, summed over all envs (our sweeps: CartPole-v1 holds 500 from 50-60k steps on,
+    LunarLander-v3 lands from 100-200k on; CleanRL: 500_000, rl-baselines3-zoo's LunarLander-v3: 100_000)"""
     learning_rate: float = 1e-3
-    """Adam learning rate (our CartPole-v1 sweep; CleanRL: 2.5e-4)"""
+    """Adam learning rate (CartPole-v1: our sweep; LunarLander-v3: rl-baselines3-zoo's; CleanRL: 2.5e-4)"""
     num_envs: int = 1
     """number of environments stepped together"""
     buffer_size: int = 50_000
-    """replay buffer capacity in transitions (our CartPole-v1 sweep; CleanRL: 10_000, rl-baselines3-zoo: 100_000)"""
+    """replay capacity in transitions (CartPole-v1: our sweep; LunarLander-v3: rl-baselines3-zoo's; CleanRL: 10k)"""
     gamma: float = 0.99
     """discount factor"""
     tau: float = 0.005
-    """target network update rate: 1 copies the online network (hard update), < 1 blends it in (Polyak averaging; in
-    our CartPole-v1 sweep 0.005 every step ended at 500 for 5 of 5 seeds, a hard copy every 500 steps for 1 of 3
-    seeds; CleanRL: 1)"""
+    """target network update rate: 1 copies the online network (the paper's hard update), < 1 blends it in (Polyak
+    averaging; in our CartPole-v1 sweep 0.005 every step held 500 for 5 of 5 seeds, a hard copy every 500 steps for 1
+    of 3; CleanRL: 1)"""
     target_network_frequency: int = 1
-    """env steps between target network updates (CleanRL: 500 with tau 1)"""
+    """env steps between target network updates (LunarLander-v3: our sweep, 250 gradient steps apart as
+    rl-baselines3-zoo's 250 env steps are at one gradient step per env step; CleanRL: 500 with tau 1)"""
     batch_size: int = 128
-    """transitions per gradient step (CleanRL: 128)"""
+    """transitions per gradient step (CleanRL and rl-baselines3-zoo: 128)"""
     start_e: float = 1.0
     """exploration epsilon at the start"""
     end_e: float = 0.02
-    """exploration epsilon at the end of the schedule (our CartPole-v1 sweep; CleanRL: 0.05)"""
+    """exploration epsilon at the end of the schedule (CartPole-v1: our sweep; LunarLander-v3: rl-baselines3-zoo's,
+    where 0.02 left the greedy policy hovering until 175k steps; CleanRL: 0.05)"""
     exploration_fraction: float = 0.2857
-    """fraction of `total_timesteps` over which epsilon goes linearly from `start_e` to `end_e` (our sweep: the
-    first 20k of the default 70k steps; CleanRL: 0.5, rl-baselines3-zoo: 0.16)"""
+    """fraction of `total_timesteps` over which epsilon falls linearly from `start_e` to `end_e` (our sweeps: the
+    first 20k steps of CartPole-v1, 60k of LunarLander-v3; CleanRL: 0.5, rl-baselines3-zoo: 0.16)"""
     learning_starts: int = 1_000
-    """env steps of random play that fill the buffer before learning starts (our sweep, rl-baselines3-zoo: 1_000)"""
+    """env steps of random play that fill the buffer before learning (CartPole-v1: our sweep, rl-baselines3-zoo's)"""
     train_frequency: int = 4
-    """env steps between training phases (Mnih et al. 2015: 4; CleanRL: 10)"""
+    """env steps between training phases (Mnih et al. 2015 and rl-baselines3-zoo: 4; CleanRL: 10)"""
     gradient_steps: int = 1
-    """gradient steps per training phase"""
+    """gradient steps per training phase (rl-baselines3-zoo's LunarLander-v3: one per env step, which made each env
+    step about 3x slower on our CPU)"""
     hidden_sizes: tuple[int, ...] = (128, 128)
-    """widths of the Q-network's hidden layers (our CartPole-v1 sweep; CleanRL: 120 84)"""
+    """widths of the hidden layers (CartPole-v1: our sweep; LunarLander-v3: rl-baselines3-zoo's; CleanRL: 120 84)"""
     loss: Literal["mse", "huber"] = "mse"
-    """TD loss: mean squared error, or Huber (smooth L1 with delta 1, the paper's error clipping)"""
+    """TD loss: mean squared error, or Huber (smooth L1 with delta 1: the paper's error clipping, SB3's default)"""
     max_grad_norm: Optional[float] = None
-    """clip the gradient to this global L2 norm (None: no clipping)"""
+    """clip the gradient to this global L2 norm (None: no clipping; SB3's default: 10)"""
 
 
-class ConfigError(ValueError):
-    """A setting, env or checkpoint the script cannot use; reported as one line, without a traceback."""
+# the run options (below the harness line) whose defaults are this script's own
+RUN_DEFAULTS = dict(eval_frequency=10_000, eval_episodes=10, eval_epsilon=0.0)
 
 
-def check_args(args: Args) -> None:
-    """Raise ConfigError naming every inconsistent setting, before any env is built or file written."""
-    problems = []
-    if args.torch_threads < 0:
-        problems.append(f"--torch-threads must be >= 0 (got {args.torch_threads})")
-    positive = ["total_timesteps", "num_envs", "buffer_size", "batch_size", "target_network_frequency",
-                "train_frequency", "gradient_steps", "eval_frequency", "eval_episodes"]
-    problems += [f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})"
-                 for name in positive if getattr(args, name) < 1]
-    if not 0.0 <= args.gamma <= 1.0:
-        problems.append(f"--gamma must be in [0, 1] (got {args.gamma})")
-    if not 0.0 < args.tau <= 1.0:
-        problems.append(f"--tau must be in (0, 1] (got {args.tau})")
-    if args.learning_rate <= 0:
-        problems.append(f"--learning-rate must be > 0 (got {args.learning_rate})")
-    for name in ["start_e", "end_e", "eval_epsilon", "exploration_fraction"]:
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            problems.append(f"--{name.replace('_', '-')} must be in [0, 1] (got {getattr(args, name)})")
-    if args.batch_size > args.buffer_size:
-        problems.append(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
-    if args.learning_starts < 0:
-        problems.append(f"--learning-starts must be >= 0 (got {args.learning_starts})")
-    if args.learning_starts >= args.total_timesteps and args.eval_checkpoint is None:
-        problems.append(f"--learning-starts {args.learning_starts} must be < --total-timesteps "
-                        f"{args.total_timesteps}, or no learning happens")
-    if args.learning_starts < args.batch_size and args.learning_starts < args.total_timesteps:
-        problems.append(f"--learning-starts {args.learning_starts} must be >= --batch-size {args.batch_size}, "
-                        "so the first batch is drawn from that many transitions")
-    if any(size < 1 for size in args.hidden_sizes):
-        problems.append(f"--hidden-sizes must all be >= 1 (got {args.hidden_sizes})")
-    if args.max_grad_norm is not None and args.max_grad_norm <= 0:
-        problems.append(f"--max-grad-norm must be > 0 or None (got {args.max_grad_norm})")
-    if args.resume is not None and args.eval_checkpoint is not None:
-        problems.append("--resume and --eval-checkpoint exclude each other")
-    if args.capture_video:
-        try:
-            import moviepy  # noqa: F401  (gymnasium's RecordVideo writes with it)
-        except ImportError:
-            problems.append("--capture-video needs moviepy: pip install -r requirements.txt")
-    if problems:
-        raise ConfigError("; ".join(problems))
-
-
-def env_spaces(env_id: str) -> tuple[tuple[int, ...], int]:
-    """Build the env once and return (observation shape, number of actions), or raise ConfigError."""
+def check_args(args: Args, run_args) -> list[str]:
+    """What is wrong with the env (the harness checks the settings every script has)."""
     try:
-        env = gym.make(env_id)
-    except (gym.error.Error, ModuleNotFoundError, AttributeError) as error:
-        raise ConfigError(f"cannot make env {env_id!r}: {error}") from None
-    obs_space, action_space = env.observation_space, env.action_space
+        env = gym.make(args.env_id)
+    except (gym.error.Error, ImportError, AttributeError) as error:
+        atari = " (an Atari game: use dqn_atari.py)" if "NoFrameskip" in args.env_id or "ALE/" in args.env_id else ""
+        return [f"cannot make env {args.env_id!r}: {error}{atari}"]
     env.close()
-    if not isinstance(action_space, gym.spaces.Discrete):
-        raise ConfigError(f"{SCRIPT}.py needs a Discrete action space; {env_id} has {action_space}")
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        hint = " (image observations: use dqn_atari.py)" if isinstance(obs_space, gym.spaces.Box) else ""
-        raise ConfigError(f"{SCRIPT}.py needs a 1-D Box observation space; {env_id} has {obs_space}{hint}")
-    return obs_space.shape, int(action_space.n)
+    problems = [] if isinstance(env.action_space, gym.spaces.Discrete) else [
+        f"{SCRIPT}.py needs a Discrete action space; {args.env_id} has {env.action_space}"]
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        problems.append(f"{SCRIPT}.py needs a 1-D Box observation space; {args.env_id} has {env.observation_space}"
+                        + (" (images: use dqn_atari.py)" if isinstance(env.observation_space, gym.spaces.Box) else ""))
+    return problems
 
 
 def make_env(env_id: str, video_dir: Optional[str] = None, video_prefix: str = "eval") -> Callable[[], gym.Env]:
-    """Return a thunk building one env that reports episode returns in `info["episode"]`."""
+    """A thunk building one env that reports each episode's return and length in `info["episode"]`."""
 
     def thunk() -> gym.Env:
         # render_mode only when recording: a user's env may not take the argument at all
@@ -193,168 +107,96 @@ def make_env(env_id: str, video_dir: Optional[str] = None, video_prefix: str = "
     return thunk
 
 
-class SameStepVectorEnv(gym.vector.VectorEnv):
-    """`num_envs` envs stepped one after another in this process, each reset in the same `step` that ends its
-    episode: gymnasium's `SyncVectorEnv` in `SAME_STEP` autoreset mode, step for step, with the same infos.
-
-    The returned obs of a finished env already starts its next episode; its true last obs is in
-    `infos["final_obs"][i]` and its last info (with `RecordEpisodeStatistics`' `"episode"`) in `infos["final_info"]`,
-    each with a mask (`infos["_final_obs"]`, ...); infos are batched by gymnasium's own `VectorEnv._add_info`.
-    Written out because `SyncVectorEnv`'s generic machinery (action iteration, observation concatenation, deep
-    copies) costs more than a CartPole step itself: a step takes 35-40 us there, 18-19 us here."""
-
-    def __init__(self, env_fns: list[Callable[[], gym.Env]]):
-        self.envs = [env_fn() for env_fn in env_fns]
-        self.num_envs = len(self.envs)
-        self.metadata = self.envs[0].metadata | {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
-        self.single_observation_space = self.envs[0].observation_space
-        self.single_action_space = self.envs[0].action_space
-        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
-
-    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[np.ndarray, dict]:
-        """Reset every env, env i with `seed + i` (as `SyncVectorEnv` does)."""
-        infos, obs = {}, []
-        for i, env in enumerate(self.envs):
-            env_obs, env_info = env.reset(seed=None if seed is None else seed + i, options=options)
-            obs.append(env_obs)
-            infos = self._add_info(infos, env_info, i)
-        return np.stack(obs), infos
-
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        n, space = self.num_envs, self.single_observation_space
-        obs = np.empty((n, *space.shape), dtype=space.dtype)
-        rewards, terminations, truncations = np.empty(n), np.empty(n, dtype=bool), np.empty(n, dtype=bool)
-        infos = {}
-        for i, (env, action) in enumerate(zip(self.envs, actions.tolist())):  # Python ints: the cheapest to check
-            env_obs, rewards[i], terminations[i], truncations[i], env_info = env.step(action)
-            if terminations[i] or truncations[i]:
-                infos = self._add_info(infos, {"final_obs": env_obs, "final_info": env_info}, i)
-                env_obs, env_info = env.reset()
-            if env_info:  # most steps of most envs report nothing
-                infos = self._add_info(infos, env_info, i)
-            obs[i] = env_obs
-        return obs, rewards, terminations, truncations, infos
-
-    def close_extras(self, **kwargs) -> None:
-        for env in self.envs:
-            env.close()
-
-
-class QNetwork(nn.Module):
-    """MLP mapping an observation to one Q-value per action."""
+class QNetwork(nn.Sequential):
+    """MLP mapping an observation [B, obs_dim] to one Q-value per action [B, A]: Linear, ReLU, ..., Linear."""
 
     def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: tuple[int, ...]):
-        super().__init__()
         sizes = [obs_dim, *hidden_sizes]
         layers: list[nn.Module] = []
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]
-        layers.append(nn.Linear(sizes[-1], n_actions))
-        self.network = nn.Sequential(*layers)
-        self._numpy_layers: Optional[list[tuple[np.ndarray, np.ndarray]]] = None
+        super().__init__(*layers, nn.Linear(sizes[-1], n_actions))
+        self.n_actions = n_actions
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.network(obs)  # [B, obs_dim] -> [B, A]
 
-    def greedy_actions(self, obs: np.ndarray) -> np.ndarray:
-        """argmax_a Q(obs, a) for a NumPy batch of observations [B, obs_dim] -> [B].
-
-        On the CPU the same layers run in NumPy on zero-copy views of the parameters: for a handful of observations
-        torch spends ~10 us dispatching each op, 4-5x the arithmetic. The optimizer and `load_state_dict` write the
-        parameters in place, so the views always hold the current weights (a test checks this)."""
-        if self._numpy_layers is None:
-            first_weight = self.network[0].weight
-            if first_weight.device.type != "cpu":
-                with torch.inference_mode():
-                    obs_tensor = torch.as_tensor(obs, dtype=torch.float32, device=first_weight.device)
-                    return self(obs_tensor).argmax(dim=1).cpu().numpy()
-            linears = [layer for layer in self.network if isinstance(layer, nn.Linear)]
-            self._numpy_layers = [(layer.weight.detach().numpy().T, layer.bias.detach().numpy()) for layer in linears]
-        x = obs.astype(np.float32, copy=False)
-        for weight_t, bias in self._numpy_layers[:-1]:
-            x = x @ weight_t  # [B, hidden]
-            x += bias
-            np.maximum(x, 0.0, out=x)
-        weight_t, bias = self._numpy_layers[-1]
-        return (x @ weight_t + bias).argmax(axis=1)  # [B]
-
-    def _apply(self, fn, *args, **kwargs):
-        self._numpy_layers = None  # .to(), .cuda(), .double() replace the parameters: rebuild the views
-        return super()._apply(fn, *args, **kwargs)
+class Batch(NamedTuple):
+    obs: torch.Tensor  # [B, obs_dim]
+    actions: torch.Tensor  # [B] int64
+    rewards: torch.Tensor  # [B]
+    next_obs: torch.Tensor  # [B, obs_dim]
+    terminations: torch.Tensor  # [B], 1.0 where the episode terminated (not where it was truncated)
 
 
 class ReplayBuffer:
-    """Ring buffer of transitions (obs, action, reward, next_obs, termination), preallocated in NumPy.
-
-    `next_obs` is the true successor of `obs` (at an episode's end, the final observation, not the reset one).
-    Samples come back as torch tensors on `device`."""
+    """The replay memory: a ring of the last `capacity` transitions (obs, action, reward, next_obs, termination), in
+    preallocated NumPy arrays. `next_obs` is the true successor of `obs`, at an episode's end its final observation."""
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], device: torch.device):
         self.capacity, self.device = capacity, device
-        self.observations = np.zeros((capacity, *obs_shape), dtype=np.float32)
-        self.next_observations = np.zeros((capacity, *obs_shape), dtype=np.float32)
+        self.obs = np.zeros((capacity, *obs_shape), dtype=np.float32)
+        self.next_obs = np.zeros((capacity, *obs_shape), dtype=np.float32)
         self.actions = np.zeros(capacity, dtype=np.int64)
         self.rewards = np.zeros(capacity, dtype=np.float32)
         self.terminations = np.zeros(capacity, dtype=np.float32)
         self.position, self.size = 0, 0
 
-    def add(self, obs, next_obs, actions, rewards, terminations) -> None:
-        """Store one transition per env: each argument has a leading dimension of num_envs."""
-        n = len(actions)
-        slots = np.arange(self.position, self.position + n) % self.capacity if self.position + n > self.capacity \
-            else slice(self.position, self.position + n)
-        self.observations[slots] = obs
-        self.next_observations[slots] = next_obs
-        self.actions[slots] = actions
-        self.rewards[slots] = rewards
-        self.terminations[slots] = terminations
-        self.position = (self.position + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
+    @staticmethod
+    def bytes_needed(capacity: int, obs_shape: tuple[int, ...]) -> int:
+        return capacity * (2 * 4 * math.prod(obs_shape) + 8 + 4 + 4)
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        """Uniform sample with replacement: (obs [B, D], actions [B], rewards [B], next_obs [B, D], terminations [B])."""
-        indices = rng.integers(0, self.size, size=batch_size)
-        arrays = (self.observations, self.actions, self.rewards, self.next_observations, self.terminations)
-        return tuple(torch.from_numpy(array[indices]).to(self.device, non_blocking=True) for array in arrays)
+    def add(self, obs, next_obs, actions, rewards, terminations) -> None:
+        """Store one transition per env: every argument has one row per env."""
+        for i in range(len(actions)):  # into the slot after the newest: once the ring is full, the oldest
+            self.obs[self.position], self.next_obs[self.position] = obs[i], next_obs[i]
+            self.actions[self.position], self.rewards[self.position] = actions[i], rewards[i]
+            self.terminations[self.position] = terminations[i]
+            self.position = (self.position + 1) % self.capacity
+        self.size = min(self.size + len(actions), self.capacity)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        """A minibatch drawn uniformly, with replacement, from the stored transitions."""
+        indices = rng.integers(0, self.size, size=batch_size)  # [B]
+        arrays = (self.obs, self.actions, self.rewards, self.next_obs, self.terminations)
+        return Batch(*(torch.from_numpy(array[indices]).to(self.device) for array in arrays))
 
     def state_dict(self) -> dict:
-        n = self.size
-        return {"observations": torch.from_numpy(self.observations[:n]), "actions": torch.from_numpy(self.actions[:n]),
-                "rewards": torch.from_numpy(self.rewards[:n]), "terminations": torch.from_numpy(self.terminations[:n]),
-                "next_observations": torch.from_numpy(self.next_observations[:n]), "position": self.position}
+        arrays = {name: torch.from_numpy(getattr(self, name)[:self.size])
+                  for name in ("obs", "next_obs", "actions", "rewards", "terminations")}
+        return arrays | {"position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        n = len(state["actions"])
-        if n > self.capacity:
-            raise ConfigError(f"the saved replay buffer holds {n} transitions, more than --buffer-size {self.capacity}")
-        for name in ["observations", "next_observations", "actions", "rewards", "terminations"]:
-            getattr(self, name)[:n] = state[name].numpy()
-        self.size, self.position = n, state["position"] % self.capacity
+        size = len(state["actions"])
+        if size > self.capacity:
+            raise ConfigError(f"the saved replay holds {size} transitions, more than --buffer-size {self.capacity}")
+        for name in ("obs", "next_obs", "actions", "rewards", "terminations"):
+            getattr(self, name)[:size] = state[name].numpy()
+        self.size, self.position = size, state["position"] % self.capacity
 
 
 def linear_schedule(start: float, end: float, duration: float, step: int) -> float:
     """Value going linearly from `start` at step 0 to `end` at `duration`, then staying at `end`."""
-    if duration <= 0:
-        return end
-    return start + (end - start) * min(step / duration, 1.0)
+    return end if duration <= 0 else start + (end - start) * min(step / duration, 1.0)
 
 
-def epsilon_greedy(greedy_actions: Callable[[np.ndarray], np.ndarray], obs: np.ndarray, epsilon: float,
-                   n_actions: int, rng: np.random.Generator) -> np.ndarray:
-    """One action per row of `obs`: uniformly random with probability `epsilon`, else `greedy_actions(obs)`.
-
-    One uniform draw u per env both decides and, when u < epsilon, picks the action: given u < epsilon, u / epsilon
-    is again uniform on [0, 1), so floor(u / epsilon * n_actions) is a uniform action. That is one cheap random call
-    per step instead of three (`Generator.integers` alone costs ~12 us), and no network call when every env
-    explores."""
-    u = rng.random(len(obs))  # [N]
-    explore = u < epsilon
+def epsilon_greedy(q_network: QNetwork, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    """One action per row of `obs` [N]: uniformly random with probability epsilon, else argmax_a Q(obs, a)."""
+    explore = rng.random(len(obs)) < epsilon  # [N]
     n_explore = np.count_nonzero(explore)
-    actions = np.empty(len(u), dtype=np.int64) if n_explore == len(u) else greedy_actions(obs)  # [N]
-    if n_explore:  # min: u / epsilon may round up to 1
-        actions[explore] = np.minimum((u[explore] * (n_actions / epsilon)).astype(np.int64), n_actions - 1)
+    actions = np.zeros(len(obs), dtype=np.int64) if n_explore == len(obs) else greedy_actions(q_network, obs)  # [N]
+    if n_explore:  # no network call when every env explores, no random draw when none does
+        actions[explore] = rng.integers(q_network.n_actions, size=n_explore)
     return actions
+
+
+def final_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
+    """The true next observation of each env. gymnasium's SAME_STEP autoreset returns, for an env whose episode just
+    ended, the first observation of its next episode; the last one of the ended episode is in infos["final_obs"]."""
+    if "_final_obs" not in infos:
+        return next_obs
+    real_next_obs = next_obs.copy()
+    for i in np.flatnonzero(infos["_final_obs"]):
+        real_next_obs[i] = infos["final_obs"][i]
+    return real_next_obs
 
 
 def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -363,351 +205,507 @@ def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.T
 
 
 @torch.no_grad()
-def update_target(target_params: list[torch.Tensor], params: list[torch.Tensor], tau: float) -> None:
-    """theta_target <- tau * theta + (1 - tau) * theta_target, parameter by parameter; tau = 1 copies exactly (a hard
-    update). Takes the two networks' parameter lists, made once: walking the modules for them (`.parameters()`)
-    costs more than a soft update itself, which runs every step."""
-    for target_param, param in zip(target_params, params):
-        if tau == 1.0:
-            target_param.copy_(param)
-        else:
-            target_param.lerp_(param, tau)
+def update_target(target_network: nn.Module, q_network: nn.Module, tau: float) -> None:
+    """theta_target <- tau * theta + (1 - tau) * theta_target (Polyak averaging); tau = 1 is the paper's hard copy
+    (lerp with weight 1 returns its end point exactly)."""
+    for target_param, param in zip(target_network.parameters(), q_network.parameters()):
+        target_param.lerp_(param, tau)
 
 
-def multiples_passed(step: int, steps_this_iteration: int, every: int) -> int:
-    """How many multiples of `every` lie in (step - steps_this_iteration, step]: with several envs one iteration
-    advances `global_step` by num_envs, which may pass a train or sync point without landing on it."""
-    return step // every - (step - steps_this_iteration) // every
+def train(args: Args, run: "Run") -> None:
+    envs = gym.vector.SyncVectorEnv([make_env(args.env_id) for _ in range(args.num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs_shape, n_actions = envs.single_observation_space.shape, int(envs.single_action_space.n)
+    q_network = QNetwork(obs_shape[0], n_actions, args.hidden_sizes).to(run.device)
+    target_network = QNetwork(obs_shape[0], n_actions, args.hidden_sizes).to(run.device)
+    target_network.load_state_dict(q_network.state_dict())
+    # fused Adam updates all parameters in one kernel: 13-18% of a whole CPU run (benchmarks/sps.py)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
+    run.check_memory(ReplayBuffer.bytes_needed(args.buffer_size, obs_shape), "--buffer-size")
+    replay_buffer = ReplayBuffer(args.buffer_size, obs_shape, run.device)
+    obs = run.start(envs, policy=partial(epsilon_greedy, q_network), eval_env=partial(make_env, args.env_id),
+                    replay=replay_buffer, q_network=q_network, target_network=target_network, optimizer=optimizer)
+    # random play fills the replay before learning starts; a run resumed without its replay fills it again
+    learning_starts = run.learning_starts(args.learning_starts)
+    exploration_steps = args.exploration_fraction * args.total_timesteps  # epsilon falls over these first steps
+    for global_step in run.steps(args.total_timesteps, args.num_envs):  # global_step counts this iteration's steps
+        # act epsilon-greedily, epsilon falling linearly from start_e to end_e, and step every env once
+        epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
+        actions = epsilon_greedy(q_network, obs, epsilon, run.rng)
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        run.log_episodes(infos)
+        # store (s, a, r, s', terminated): a truncated episode keeps terminated 0, so its target bootstraps from s'
+        replay_buffer.add(obs, final_observations(next_obs, infos), actions, rewards, terminations)
+        obs = next_obs
+
+        if global_step > learning_starts:
+            # every train_frequency steps: a gradient step on the TD error of a minibatch from the replay
+            for _ in range(args.gradient_steps * run.due(args.train_frequency)):
+                batch = replay_buffer.sample(args.batch_size, run.rng)
+                with torch.no_grad():
+                    next_q = target_network(batch.next_obs).amax(dim=1)  # [B]: max_a' Q_target(s', a')
+                    targets = td_target(batch.rewards, batch.terminations, next_q, args.gamma)  # [B]
+                q_values = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)  # [B]: Q(s, a)
+                loss = F.mse_loss(q_values, targets) if args.loss == "mse" else F.smooth_l1_loss(q_values, targets)
+                optimizer.zero_grad()
+                loss.backward()
+                if args.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)
+                optimizer.step()
+                run.log_update(loss, q_values, epsilon=epsilon)
+            # every target_network_frequency steps: the target network follows the online one
+            if run.due(args.target_network_frequency):
+                update_target(target_network, q_network, args.tau)
+    envs.close()
 
 
-def evaluate(q_network: QNetwork, env_thunk: Callable[[], gym.Env], n_episodes: int, epsilon: float,
-             seed: int) -> list[float]:
-    """Play `n_episodes` episodes on a fresh env, acting epsilon-greedily; return their undiscounted returns."""
-    env = env_thunk()
-    rng = np.random.default_rng(seed)
-    returns: list[float] = []
+# %% Harness: all a run needs that is not DQN, the same text in all four scripts (a test compares it). The script above
+# defines `Args`, `RUN_DEFAULTS`, `check_args(args, run_args)` and `train(args, run)`; the rest comes in as arguments.
+import csv, dataclasses, importlib.util, json, os, random, signal, sys, time  # noqa: E401, E402 (its own imports)
+from pathlib import Path  # noqa: E402
+from typing import Any, Iterator  # noqa: E402
+
+import tyro  # noqa: E402
+
+SCRIPT = Path(__file__).stem
+
+
+@dataclass
+class RunArgs:
+    """How a run is seeded, tracked, evaluated, saved and resumed: the same options in every script."""
+
+    exp_name: str = SCRIPT  # name of this experiment, part of the run directory name
+    seed: int = 1  # seed of python, numpy, torch and the environments (0 to 2**32 - 1)
+    torch_deterministic: bool = True  # set torch.backends.cudnn.deterministic: GPU runs repeat as closely as it can
+    cuda: bool = False  # use the GPU when one is available (a warning and the CPU otherwise)
+    torch_threads: int = 1  # CPU threads for torch: 1 is fastest for small networks, even on a busy CPU; 0: one a core
+    track: bool = False  # log to Weights & Biases as well (with WANDB_MODE=offline, locally only)
+    wandb_project_name: str = "dqn"  # the wandb project
+    wandb_entity: Optional[str] = None  # the wandb entity (team); None: your default entity
+    capture_video: bool = False  # record the first episode of every evaluation to {run_dir}/videos/
+    save_model: bool = True  # write checkpoint.pt (the latest) and best.pt (the best evaluation) at every evaluation
+    save_replay: bool = False  # with each checkpoint.pt, write the replay to replay.pt: a resumed run keeps its memory
+    resume: Optional[str] = None  # a run directory (or its checkpoint.pt) to continue, there and with its settings
+    eval_checkpoint: Optional[str] = None  # a checkpoint (or run directory) to evaluate for --eval-episodes episodes
+    runs_dir: str = "runs"  # folder under which every run gets its own directory
+    eval_frequency: int = 10_000  # env steps between evaluations
+    eval_episodes: int = 10  # episodes per evaluation
+    eval_epsilon: float = 0.0  # probability of a random action in evaluation (0: greedy, as SB3's deterministic=True)
+    target_return: Optional[float] = None  # stop training as soon as an evaluation mean reaches this return
+
+
+class ConfigError(ValueError):
+    """A setting, env or checkpoint this script cannot use: reported in one line, before any file is written."""
+
+
+RANGES = [  # the settings that every script has: (names, test, what the test asks)
+    (("total_timesteps", "num_envs", "buffer_size", "batch_size", "target_network_frequency", "train_frequency",
+      "gradient_steps", "eval_frequency", "eval_episodes"), lambda x: x >= 1, ">= 1"),
+    (("gamma", "start_e", "end_e", "exploration_fraction", "eval_epsilon"), lambda x: 0 <= x <= 1, "in [0, 1]"),
+    (("tau",), lambda x: 0 < x <= 1, "in (0, 1]"), (("learning_rate",), lambda x: x > 0, "> 0"),
+    (("max_grad_norm",), lambda x: x is None or x > 0, "> 0 or None"),
+    (("learning_starts", "torch_threads"), lambda x: x >= 0, ">= 0"),
+    (("seed",), lambda x: 0 <= x < 2**32, "in [0, 2**32 - 1], the seeds numpy takes")]
+
+
+def general_problems(args, run_args: RunArgs) -> list[str]:
+    """What is wrong with the settings that every script has, one message each."""
+    settings = dataclasses.asdict(args) | dataclasses.asdict(run_args)
+    infinite = [name for name, value in settings.items() if any(
+        isinstance(x, float) and not math.isfinite(x) for x in (value if isinstance(value, tuple) else [value]))]
+    problems = [f"--{name.replace('_', '-')} must be a finite number (got {settings[name]})" for name in infinite]
+    problems += [f"--{name.replace('_', '-')} must be {what} (got {settings[name]})" for names, test, what in RANGES
+                 for name in names if name not in infinite and not test(settings[name])]
+    if not args.hidden_sizes or min(args.hidden_sizes) < 1:
+        problems.append(f"--hidden-sizes needs one or more widths >= 1 (got {list(args.hidden_sizes)})")
+    if args.batch_size > args.buffer_size:
+        problems.append(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
+    if args.learning_starts < args.batch_size:
+        problems.append(f"--learning-starts {args.learning_starts} must be >= --batch-size {args.batch_size}")
+    if args.learning_starts >= args.total_timesteps:
+        problems.append(f"--learning-starts {args.learning_starts} must be < --total-timesteps {args.total_timesteps}")
+    if run_args.resume is not None and run_args.eval_checkpoint is not None:
+        problems.append("--resume and --eval-checkpoint exclude each other")
+    if run_args.capture_video and importlib.util.find_spec("moviepy") is None:  # gymnasium's RecordVideo needs it
+        problems.append("--capture-video needs moviepy: pip install -r requirements.txt")
+    existing = Path(run_args.runs_dir).absolute()  # a new run directory goes under its nearest existing ancestor
+    while not existing.exists():
+        existing = existing.parent
+    if not (existing.is_dir() and os.access(existing, os.W_OK) or run_args.resume or run_args.eval_checkpoint):
+        problems.append(f"--runs-dir {run_args.runs_dir} cannot be made: {existing} is not a writable directory")
+    return problems
+
+
+def greedy_actions(network: nn.Module, obs: np.ndarray) -> np.ndarray:
+    """argmax over the last axis of network(obs), for a NumPy batch of observations: the greedy actions [N].
+
+    Speed: an nn.Sequential of Linear, ReLU, ..., Linear layers on the CPU runs in NumPy, on views of its parameters
+    (the optimizer and load_state_dict change them in place; a move to another device is noticed). For one observation
+    torch's dispatch of each op costs several times its arithmetic: the NumPy forward takes ~25 us against ~130 us,
+    15% of a whole dqn.py run (benchmarks/sps.py). Any other network, and the GPU, run in torch."""
+    cached = network.__dict__.get("numpy_views")  # (first weight, its data_ptr, views), or Nones for torch
+    if cached is None or cached[0] is not None and cached[0].data_ptr() != cached[1]:  # the first call, or moved
+        layers = list(network) if isinstance(network, nn.Sequential) else []
+        mlp = len(layers) % 2 == 1 and all(isinstance(layer, nn.ReLU if i % 2 else nn.Linear)
+                                           for i, layer in enumerate(layers)) and layers[0].weight.is_cpu
+        cached = network.__dict__["numpy_views"] = (layers[0].weight, layers[0].weight.data_ptr(), [
+            (layer.weight.detach().numpy().T, layer.bias.detach().numpy()) for layer in layers[::2]]) if mlp \
+            else (None, None, None)
+    if cached[2] is None:
+        with torch.inference_mode():
+            return network(torch.as_tensor(obs, device=next(network.parameters()).device)).argmax(dim=1).cpu().numpy()
+    x = obs.astype(np.float32, copy=False)
+    for weight_t, bias in cached[2][:-1]:
+        x = x @ weight_t  # [N, hidden]
+        x += bias
+        np.maximum(x, 0.0, out=x)
+    return (x @ cached[2][-1][0] + cached[2][-1][1]).argmax(axis=1)  # [N]
+
+
+def evaluate(policy: Callable, env_thunk: Callable[[], gym.Env], n_episodes: int, epsilon: float, seed: int,
+             stopped: Callable[[], bool] = lambda: False) -> Optional[list[float]]:
+    """The undiscounted returns of `n_episodes` episodes of `policy(obs, epsilon, rng)`; None if `stopped()`."""
+    env, rng, returns = env_thunk(), np.random.default_rng(seed), []
     obs, _ = env.reset(seed=seed)
-    while len(returns) < n_episodes:
-        action = int(epsilon_greedy(q_network.greedy_actions, obs[None], epsilon, env.action_space.n, rng)[0])
-        obs, _, terminated, truncated, info = env.step(action)
+    while len(returns) < n_episodes and not stopped():
+        obs, _, terminated, truncated, info = env.step(int(policy(obs[None], epsilon, rng)[0]))
         if terminated or truncated:
             returns.append(float(info["episode"]["r"]))
             obs, _ = env.reset()
     env.close()
-    return returns
+    return returns if len(returns) == n_episodes else None
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a crash or Ctrl-C during the write leaves the previous file intact."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:
+    """Write atomically: a crash, Ctrl-C or SIGTERM during the write leaves the previous file intact."""
+    with open(path.with_name(path.name + ".tmp"), "wb") as file:
         torch.save(state, file)
-        file.flush()
+        file.flush()  # then to the disk: a crash of the machine leaves a whole file too
         os.fsync(file.fileno())
-    os.replace(temporary, path)
+    os.replace(path.with_name(path.name + ".tmp"), path)
 
 
-def load_checkpoint(path: str, env_id: str) -> dict:
-    """Load a checkpoint of this script for `env_id`, or raise ConfigError saying why it cannot be used."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path!r} does not exist")
+def read_checkpoint(given: str, mmap: bool = False) -> tuple[Path, dict]:
+    """The checkpoint at `given` (a run directory: its checkpoint.pt), of tensors and plain data only (weights_only)."""
+    path = Path(given) / "checkpoint.pt" if Path(given).is_dir() else Path(given)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, corrupted, or not a torch file at all
-        raise ConfigError(f"cannot read checkpoint {path!r} (truncated or corrupted?): {error}") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT:
-        origin = checkpoint.get("script") if isinstance(checkpoint, dict) else None
-        raise ConfigError(f"{path!r} is not a {SCRIPT}.py checkpoint (it comes from {origin or 'something else'})")
-    if checkpoint["env_id"] != env_id:
-        raise ConfigError(f"{path!r} was trained on {checkpoint['env_id']}, not {env_id}")
-    return checkpoint
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as error:  # truncated, corrupted, not a torch file, or holding Python objects
+        why = "it holds Python objects, which are not loaded (only tensors and plain data: weights_only=True)" if \
+            "Unsupported global" in str(error) else "it is truncated or corrupted"
+        raise ConfigError(f"cannot read {str(path)!r}: {why}") from None
+    if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
+        raise ConfigError(f"{str(path)!r} is not a checkpoint of these scripts")
+    return path, checkpoint
 
 
-class RunLogger:
-    """Appends `global_step, wall_time, name, value` rows to metrics.csv (flushed per row) and, with --track, to wandb."""
+class Run:
+    """The harness side of `train(args, run)`: made from the settings, it checks them, reads the checkpoint to resume
+    or evaluate, picks the device and seeds everything; `start`, `steps` and `finish` frame the training loop."""
 
-    def __init__(self, path: Path, wandb_run=None):
-        new = not path.exists()
-        self.file = open(path, "a", newline="")
-        self.writer = csv.writer(self.file)
-        if new:
-            self.writer.writerow(["global_step", "wall_time", "name", "value"])
-        self.wandb_run = wandb_run
+    def __init__(self, args, run_args: RunArgs):
+        if problems := general_problems(args, run_args) or check_args(args, run_args):  # the script's own second
+            raise ConfigError("; ".join(problems))
+        self.args, self.run_args, self.checkpoint = args, run_args, None
+        self.evaluating = run_args.eval_checkpoint is not None  # --eval-checkpoint: evaluate, do not train
+        if run_args.resume is not None or self.evaluating:
+            self.checkpoint_file, checkpoint = read_checkpoint(run_args.resume or run_args.eval_checkpoint)
+            where = repr(str(self.checkpoint_file))
+            if checkpoint.get("script") != SCRIPT:
+                raise ConfigError(f"{where} is not a {SCRIPT}.py checkpoint (it comes from {checkpoint.get('script')})")
+            if checkpoint["env_id"] != args.env_id:
+                raise ConfigError(f"{where} was trained on {checkpoint['env_id']}, not {args.env_id}")
+            if not self.evaluating and checkpoint["global_step"] >= args.total_timesteps:
+                raise ConfigError(f"{where} has run {checkpoint['global_step']:,} steps: more need --total-timesteps")
+            self.checkpoint = checkpoint
+        if run_args.cuda and not torch.cuda.is_available():
+            print("warning: --cuda given but CUDA is not available; using the CPU", file=sys.stderr)
+        self.device = torch.device("cuda" if run_args.cuda and torch.cuda.is_available() else "cpu")
+        if run_args.torch_threads > 0:
+            torch.set_num_threads(run_args.torch_threads)
+        for seed in (random.seed, np.random.seed, torch.manual_seed):
+            seed(run_args.seed)
+        torch.backends.cudnn.deterministic = run_args.torch_deterministic
+        self.rng = np.random.default_rng(run_args.seed)  # the loop's draws: exploration and replay sampling
+        self.global_step = self.start_step = self.updates = self.num_envs = 0
+        self.best_eval_mean, self.eval_returns, self.status, self.signal = -math.inf, None, "running", None
+        self.run_dir, self.metrics, self.wandb_run, self.replay_restored, self.charts = None, None, None, False, {}
+        self.recent_returns, self.handlers, self.start_time = [], {}, time.perf_counter()
 
-    def log(self, name: str, value: float, global_step: int) -> None:
-        self.writer.writerow([global_step, f"{time.time():.3f}", name, f"{value:.6g}"])
-        self.file.flush()
+    def check_memory(self, nbytes: int, setting: str, device: torch.device = torch.device("cpu")) -> None:
+        """Refuse, before it is allocated, a replay that would take more than 80% of the memory free on `device`."""
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # Linux: MemAvailable, free and in caches
+        for line in open("/proc/meminfo") if os.path.exists("/proc/meminfo") else ():
+            free = int(line.split()[1]) * 1024 if line.startswith("MemAvailable:") else free
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else free
+        if nbytes > 0.8 * free and not self.evaluating:
+            raise ConfigError(f"the replay buffer needs {nbytes / 1e9:,.1f} GB and the machine has {free / 1e9:,.1f} "
+                              f"GB available{' on the GPU' if device.type == 'cuda' else ''}: lower {setting}")
+
+    def start(self, envs: gym.vector.VectorEnv, policy: Callable, eval_env: Callable, replay,
+              eval_metrics: Callable = lambda returns: {}, **state) -> np.ndarray:
+        """Take what to evaluate (`policy(obs, epsilon, rng)` on `eval_env(video_dir, video_prefix)()`, with more
+        eval/<name> metrics from `eval_metrics(returns)`) and what to checkpoint (`replay` and `state`: objects with
+        state_dict and load_state_dict); restore them on a resume; make the run directory; return the first obs."""
+        self.policy, self.eval_env, self.eval_metrics, self.replay = policy, eval_env, eval_metrics, replay
+        self.state, checkpoint = state, self.checkpoint
+        for name, thing in state.items() if checkpoint is not None else ():
+            try:
+                thing.load_state_dict(checkpoint["state"][name])
+            except (KeyError, RuntimeError, ValueError) as error:
+                raise ConfigError(f"{str(self.checkpoint_file)!r} does not fit these settings (another "
+                                  f"--hidden-sizes?): {' '.join(str(error).split())[:300]}") from None
+        if self.evaluating:
+            return envs.reset(seed=self.run_args.seed)[0]
+        if checkpoint is not None:
+            self.global_step = self.start_step = checkpoint["global_step"]
+            self.updates, self.best_eval_mean = checkpoint["updates"], checkpoint["best_eval_mean"]
+            self.rng.bit_generator.state = checkpoint["rng"]["numpy"]
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            if checkpoint["replay_saved"] and (self.checkpoint_file.parent / "replay.pt").exists():
+                _, saved = read_checkpoint(self.checkpoint_file.parent / "replay.pt", mmap=True)  # mmap: no 2nd copy
+                if saved["global_step"] == self.global_step:  # else a crash came between the two writes: too new
+                    replay.load_state_dict(saved["replay"])
+                    self.replay_restored = True
+            self.run_dir = self.checkpoint_file.parent  # nothing was written before this line: an error leaves no trace
+            with open(self.run_dir / "metrics.csv", newline="") as file:  # the steps after the checkpoint come again
+                rows = [row for row in csv.reader(file) if row[0] == "global_step" or int(row[0]) <= self.global_step]
+            with open(self.run_dir / "metrics.csv", "w", newline="") as file:
+                csv.writer(file).writerows(rows)
+            print(f"resuming {self.run_dir} at step {self.global_step:,}"
+                  + ("" if self.replay_restored else " with an empty replay buffer"))
+        else:
+            self.run_dir = Path(self.run_args.runs_dir) / "__".join([self.args.env_id.replace("/", "-").replace(
+                ":", "-"), self.run_args.exp_name, str(self.run_args.seed), str(int(time.time()))])
+            while self.run_dir.exists():  # two runs started in the same second
+                self.run_dir = self.run_dir.with_name(self.run_dir.name + "_")
+            self.run_dir.mkdir(parents=True)
+        settings = {"args": dataclasses.asdict(self.args), "run_args": dataclasses.asdict(self.run_args)}
+        (self.run_dir / "args.json").write_text(json.dumps(settings["args"] | settings["run_args"], indent=2))
+        if self.run_args.track:
+            import wandb
+
+            self.wandb_run = wandb.init(project=self.run_args.wandb_project_name, entity=self.run_args.wandb_entity,
+                                        name=self.run_dir.name, id=self.run_dir.name.replace(".", "-"),
+                                        resume="allow", dir=str(self.run_dir), config=settings)
+        self.metrics = open(self.run_dir / "metrics.csv", "a", newline="")  # flushed per row: a crash loses nothing
+        self.metrics_writer = csv.writer(self.metrics)
+        if self.metrics.tell() == 0:  # a new file
+            self.metrics_writer.writerow(["global_step", "wall_time", "name", "value"])
+        for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, kill, timeout, a job scheduler: save, then stop
+            self.handlers[signum] = signal.signal(signum, self.on_signal)
+        self.start_time = self.last_print = time.perf_counter()
+        self.clear_line = "\r\x1b[K" if sys.stdout.isatty() else ""  # a terminal redraws the progress line in place
+        # a resumed run restarts its episodes from fresh resets; the seed is shifted so they differ from the first ones
+        return envs.reset(seed=self.run_args.seed + self.global_step)[0]
+
+    def learning_starts(self, learning_starts: int) -> int:
+        """The step after which learning starts: once the replay holds `learning_starts` transitions of this run."""
+        return self.global_step + learning_starts if self.checkpoint and not self.replay_restored else learning_starts
+
+    def on_signal(self, signum, frame) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum  # the loop stops after this step, so that the checkpoint holds whole steps
+
+    def steps(self, total_timesteps: int, num_envs: int) -> Iterator[int]:
+        """The loop's `global_step`, env steps taken counting this iteration's. Between iterations: an evaluation and
+        checkpoint every --eval-frequency steps and at the end, the progress line, and a stop at SIGINT or SIGTERM
+        (with a checkpoint), a divergence or --target-return. With --eval-checkpoint: one evaluation, no step."""
+        self.num_envs = num_envs
+        if self.evaluating:
+            step = self.global_step = self.checkpoint["global_step"]
+            video_dir = str(self.checkpoint_file.parent / "videos") if self.run_args.capture_video else None
+            self.eval_returns = evaluate(self.policy, self.eval_env(video_dir, f"eval-checkpoint-step{step}"),
+                                         self.run_args.eval_episodes, self.run_args.eval_epsilon, self.run_args.seed)
+            self.status = "evaluated"
+            print(f"{self.args.env_id}: {len(self.eval_returns)} episodes, return {np.mean(self.eval_returns):.2f} "
+                  f"± {np.std(self.eval_returns):.2f}{self.metrics_text()} (checkpoint at step {step:,})")
+        while self.global_step < total_timesteps and self.status == "running":
+            self.global_step += num_envs
+            yield self.global_step
+            if self.status == "running" and (self.due(self.run_args.eval_frequency) or
+                                             self.global_step >= total_timesteps):
+                self.evaluate_and_save()
+            if self.signal is not None and self.status == "running":
+                self.status = "interrupted"
+                if self.run_args.save_model:
+                    self.save_latest()
+                print(f"\n{signal.Signals(self.signal).name} at step {self.global_step:,}" + (
+                    f": saved, continue with python {SCRIPT}.py --resume {self.run_dir}" if self.run_args.save_model
+                    else ""), file=sys.stderr)
+            self.show_progress(total_timesteps)
+        self.status = "finished" if self.status == "running" else self.status
+
+    def due(self, every: int) -> int:
+        """How many multiples of `every` this iteration's env steps crossed: 0 or 1, or more with many envs (one
+        iteration advances `global_step` by num_envs, which may pass a train or sync point without landing on it)."""
+        return self.global_step // every - (self.global_step - self.num_envs) // every
+
+    def log(self, name: str, value: float) -> None:
+        """One row `global_step, wall_time, name, value` of metrics.csv, and with --track the same to wandb."""
+        self.metrics_writer.writerow([self.global_step, f"{time.time():.3f}", name, f"{value:.6g}"])
+        self.metrics.flush()
         if self.wandb_run is not None:
-            self.wandb_run.log({name: value, "global_step": global_step})
+            self.wandb_run.log({name: value, "global_step": self.global_step})
 
-    def close(self) -> None:
-        self.file.close()
+    def log_episodes(self, infos: dict) -> None:
+        """Log the episodes that ended in this step (reported in infos["final_info"], not at an Atari lost life)."""
+        final_info = infos.get("final_info", {})
+        for i in np.flatnonzero(final_info["_episode"]) if "episode" in final_info else ():
+            self.recent_returns = (self.recent_returns + [float(final_info["episode"]["r"][i])])[-20:]
+            self.log("charts/episodic_return", float(final_info["episode"]["r"][i]))
+            self.log("charts/episodic_length", float(final_info["episode"]["l"][i]))
+
+    def log_update(self, loss: torch.Tensor, q_values: torch.Tensor, **charts: float) -> None:
+        """After a gradient step: stop at a non-finite loss; every 100 log it, the mean Q, `charts` and the SPS."""
+        self.updates, self.charts = self.updates + 1, charts
+        if not math.isfinite(loss_value := loss.item()):
+            return self.diverged(f"the TD loss is {loss_value}")
+        if self.updates % 100 == 0:
+            if not math.isfinite(mean_q := q_values.mean().item()):
+                return self.diverged(f"the mean Q-value is {mean_q}")
+            sps = (self.global_step - self.start_step) / (time.perf_counter() - self.start_time)
+            for name, value in {"losses/td_loss": loss_value, "losses/q_values": mean_q, **{
+                    f"charts/{name}": value for name, value in charts.items()}, "charts/SPS": sps}.items():
+                self.log(name, value)
+
+    def diverged(self, what: str) -> None:
+        if self.status == "running":
+            self.status = "diverged"  # and no checkpoint is written from now on: the last one, still finite, stays
+            print(f"\nerror: {what} at step {self.global_step:,}: the Q-network diverged, most often from a learning "
+                  f"rate too high for the env (--learning-rate {self.args.learning_rate}; a lower one, --loss huber or "
+                  f"--max-grad-norm may help). The checkpoints written before stay as they were.", file=sys.stderr)
+
+    def evaluate_and_save(self) -> None:
+        """Evaluate, log, save best.pt and checkpoint.pt (never a network that is not finite), stop at the target."""
+        video_dir = str(self.run_dir / "videos") if self.run_args.capture_video else None
+        returns = evaluate(self.policy, self.eval_env(video_dir, f"eval-step{self.global_step}"),
+                           self.run_args.eval_episodes, self.run_args.eval_epsilon,
+                           self.run_args.seed + 100_000 + self.global_step, lambda: self.signal is not None)
+        if returns is None:  # a signal came during the evaluation
+            return
+        mean, self.eval_returns = float(np.mean(returns)), returns
+        for name, value in {"episodic_return": mean, "episodic_return_std": float(np.std(returns)),
+                            **self.eval_metrics(returns)}.items():
+            self.log(f"eval/{name}", value)
+        print(f"{self.clear_line}step {self.global_step:>9,}  eval return {mean:9.2f} ± {np.std(returns):7.2f} "
+              f"over {len(returns)} episodes{self.metrics_text()}", flush=True)
+        if not all(torch.isfinite(parameter).all() for thing in self.state.values() if isinstance(thing, nn.Module)
+                   for parameter in thing.parameters()):
+            return self.diverged("a network parameter is not finite")
+        if self.run_args.save_model and mean > self.best_eval_mean:
+            save_checkpoint(self.run_dir / "best.pt", self.checkpoint_state() | {"best_eval_mean": mean})
+        self.best_eval_mean = max(self.best_eval_mean, mean)
+        if self.run_args.save_model:
+            self.save_latest()
+        if self.run_args.target_return is not None and mean >= self.run_args.target_return:
+            self.status = "target_reached"
+            print(f"evaluation mean {mean:.2f} reached --target-return {self.run_args.target_return}: stopping")
+
+    def metrics_text(self) -> str:  # the eval_metrics of the latest evaluation, for printing
+        return "".join(f", {name} {value:.3g}" for name, value in self.eval_metrics(self.eval_returns).items())
+
+    def checkpoint_state(self) -> dict:
+        return {"script": SCRIPT, "env_id": self.args.env_id, "args": dataclasses.asdict(self.args),
+                "run_args": dataclasses.asdict(self.run_args), "global_step": self.global_step,
+                "updates": self.updates, "best_eval_mean": self.best_eval_mean,
+                "replay_saved": self.run_args.save_replay,
+                "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+                "state": {name: thing.state_dict() for name, thing in self.state.items()}}
+
+    def save_latest(self) -> None:
+        """checkpoint.pt, and replay.pt before it: a crash between the two leaves a newer replay, which is ignored."""
+        if self.run_args.save_replay:
+            save_checkpoint(self.run_dir / "replay.pt", {"global_step": self.global_step,
+                                                         "replay": self.replay.state_dict()})
+        save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_state())
+
+    def show_progress(self, total_timesteps: int) -> None:
+        """One progress line: redrawn in place twice a second in a terminal, printed every 15 s into a log file."""
+        if (now := time.perf_counter()) - self.last_print > (0.5 if self.clear_line else 15.0):
+            self.last_print, sps = now, (self.global_step - self.start_step) / (now - self.start_time)
+            charts = "".join(f"  {name} {value:.3g}" for name, value in self.charts.items())
+            recent = f"{np.mean(self.recent_returns):9.2f}" if self.recent_returns else "        -"
+            print(f"{self.clear_line}step {self.global_step:>9,}/{total_timesteps:,}  SPS {sps:7,.0f}{charts}  return "
+                  f"(last {len(self.recent_returns):2d}) {recent}", end="" if self.clear_line else "\n", flush=True)
+
+    def finish(self) -> dict:
+        """Restore the signal handlers, write summary.json, close the logs and print the result."""
+        for signum, handler in self.handlers.items():
+            signal.signal(signum, handler)
+        returns = self.eval_returns if self.status in ("finished", "target_reached", "evaluated") else None
+        elapsed = time.perf_counter() - self.start_time
+        summary = {"script": SCRIPT, "env_id": self.args.env_id, "seed": self.run_args.seed, "status": self.status,
+                   "global_step": self.global_step, "wall_time_s": round(elapsed, 2),
+                   "sps": round((self.global_step - self.start_step) / elapsed, 1),
+                   "eval_mean": float(np.mean(returns)) if returns else None,
+                   "eval_std": float(np.std(returns)) if returns else None, "eval_returns": returns,
+                   **{f"eval_{name}": value for name, value in (self.eval_metrics(returns) if returns else {}).items()},
+                   "best_eval_mean": self.best_eval_mean if self.best_eval_mean > -math.inf else None,
+                   "replay_size": getattr(getattr(self, "replay", None), "size", None),
+                   "run_dir": str(self.run_dir) if self.run_dir else None,
+                   "signal": signal.Signals(self.signal).name if self.signal else None}
+        if self.metrics is None:  # nothing was written: evaluation only, or stopped before the run directory
+            return summary
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.metrics.close()
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update({k: v for k, v in summary.items() if k != "eval_returns"})
+            self.wandb_run.finish(exit_code=0 if returns else 1)
+        if returns:
+            print(f"\n{self.args.env_id}: final evaluation {np.mean(returns):.2f} ± {np.std(returns):.2f} over "
+                  f"{len(returns)} episodes after {self.global_step:,} steps ({elapsed:.1f} s, {summary['sps']:,.0f} "
+                  "SPS)")
+        print(f"run directory: {self.run_dir}")
+        return summary
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop rows logged after `last_step`: a resumed run replays those steps and logs them again."""
-    if not path.exists():
-        return
-    with open(path, newline="") as file:
-        rows = list(csv.reader(file))
-    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= last_step]
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as file:
-        csv.writer(file).writerows(kept)
-    os.replace(temporary, path)
-
-
-def choose_device(want_cuda: bool) -> torch.device:
-    if want_cuda and not torch.cuda.is_available():
-        print("warning: --cuda given but CUDA is not available; using the CPU", file=sys.stderr)
-    return torch.device("cuda" if want_cuda and torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int, torch_deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = torch_deterministic
-
-
-def evaluate_checkpoint(args: Args) -> dict:
-    """--eval-checkpoint: evaluate a saved network without training."""
-    obs_shape, n_actions = env_spaces(args.env_id)
-    checkpoint = load_checkpoint(args.eval_checkpoint, args.env_id)
-    saved = checkpoint["args"]
-    q_network = QNetwork(obs_shape[0], n_actions, tuple(saved["hidden_sizes"]))
-    q_network.load_state_dict(checkpoint["q_network"])
-    video_dir = str(Path(args.eval_checkpoint).parent / "videos") if args.capture_video else None
-    returns = evaluate(q_network, make_env(args.env_id, video_dir, f"eval-checkpoint-step{checkpoint['global_step']}"),
-                       args.eval_episodes, args.eval_epsilon, args.seed)
-    summary = {"checkpoint": args.eval_checkpoint, "global_step": checkpoint["global_step"],
-               "eval_mean": float(np.mean(returns)), "eval_std": float(np.std(returns)), "eval_returns": returns}
-    print(f"{args.env_id}: {args.eval_episodes} episodes, return {summary['eval_mean']:.2f} "
-          f"± {summary['eval_std']:.2f} (checkpoint at step {checkpoint['global_step']})")
-    return summary
-
-
-def main(args: Args) -> dict:
-    check_args(args)
-    if args.eval_checkpoint is not None:
-        return evaluate_checkpoint(args)
-    obs_shape, n_actions = env_spaces(args.env_id)
-    checkpoint = load_checkpoint(args.resume, args.env_id) if args.resume else None
-    device = choose_device(args.cuda)
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
-
-    seed_everything(args.seed, args.torch_deterministic)
-    rng = np.random.default_rng(args.seed)
-    q_network = QNetwork(obs_shape[0], n_actions, args.hidden_sizes).to(device)
-    target_network = QNetwork(obs_shape[0], n_actions, args.hidden_sizes).to(device)
-    target_network.load_state_dict(q_network.state_dict())
-    target_params, online_params = list(target_network.parameters()), list(q_network.parameters())
-    # fused Adam updates all parameters in one kernel: 30-40% cheaper per update on the CPU than the default
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
-    replay_buffer = ReplayBuffer(args.buffer_size, obs_shape, device)
-    global_step, best_eval_mean = 0, -math.inf
-    if checkpoint is not None:
-        try:
-            q_network.load_state_dict(checkpoint["q_network"])
-            target_network.load_state_dict(checkpoint["target_network"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        except (RuntimeError, ValueError) as error:
-            raise ConfigError(f"{args.resume!r} does not fit these settings "
-                              f"(different --hidden-sizes?): {error}") from None
-        global_step, best_eval_mean = checkpoint["global_step"], checkpoint["best_eval_mean"]
-        if global_step >= args.total_timesteps:
-            raise ConfigError(f"{args.resume!r} is already at step {global_step:,}; "
-                              f"pass a larger --total-timesteps to train further")
-        rng.bit_generator.state = checkpoint["rng"]["numpy"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if checkpoint.get("replay_buffer") is not None:
-            replay_buffer.load_state_dict(checkpoint["replay_buffer"])
-
-    # nothing is written before this point, so a refused setting leaves no trace
-    if checkpoint is not None:
-        run_dir = Path(args.resume).parent
-        truncate_metrics(run_dir / "metrics.csv", global_step)
-        print(f"resuming {run_dir} at step {global_step:,}"
-              + ("" if checkpoint.get("replay_buffer") else " with an empty replay buffer"))
-    else:
-        safe_env_id = args.env_id.replace("/", "-").replace(":", "-")
-        run_dir = Path(args.runs_dir) / f"{safe_env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        while run_dir.exists():  # two runs started in the same second
-            run_dir = run_dir.with_name(run_dir.name + "_")
-        run_dir.mkdir(parents=True)
-    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
-    wandb_run = None
-    if args.track:
-        import wandb
-
-        wandb_run = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, name=run_dir.name,
-                               id=run_dir.name.replace(".", "-"), resume="allow", dir=str(run_dir),
-                               config=dataclasses.asdict(args))
-    logger = RunLogger(run_dir / "metrics.csv", wandb_run)
-    envs = SameStepVectorEnv([make_env(args.env_id) for _ in range(args.num_envs)])
-
-    def checkpoint_state() -> dict:
-        return {"script": SCRIPT, "env_id": args.env_id, "args": dataclasses.asdict(args), "global_step": global_step,
-                "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
-                "optimizer": optimizer.state_dict(), "best_eval_mean": best_eval_mean,
-                "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
-                "replay_buffer": replay_buffer.state_dict() if args.save_replay else None}
-
-    def run_evaluation() -> list[float]:
-        video_dir = str(run_dir / "videos") if args.capture_video else None
-        return evaluate(q_network, make_env(args.env_id, video_dir, f"eval-step{global_step}"), args.eval_episodes,
-                        args.eval_epsilon, args.seed + 100_000 + global_step)
-
-    # a resumed run restarts its episodes from fresh resets; the seed is shifted so they differ from the first ones
-    obs, _ = envs.reset(seed=args.seed + global_step)
-    # learning starts only once the buffer holds `learning_starts` transitions of this process
-    learning_starts_at = global_step + (args.learning_starts if replay_buffer.size < args.learning_starts else 0)
-    exploration_steps = args.exploration_fraction * args.total_timesteps
-    start_step, start_time, last_print = global_step, time.perf_counter(), 0.0
-    recent_returns: list[float] = []
-    updates, status, eval_returns = 0, "finished", None
-    interactive = sys.stdout.isatty()  # a terminal: one progress line, redrawn in place
-    clear_line = "\r\x1b[K" if interactive else ""
+def main(args, run_args: Optional[RunArgs] = None) -> dict:
+    """Train, or evaluate a checkpoint; return the summary. Raises ConfigError, writing nothing, on bad settings."""
+    run = Run(args, run_args if run_args is not None else RunArgs(**RUN_DEFAULTS))
     try:
-        while global_step < args.total_timesteps:
-            # act: epsilon-greedy, with no network call when every env explores
-            epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
-            actions = epsilon_greedy(q_network.greedy_actions, obs, epsilon, n_actions, rng)
-            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            global_step += args.num_envs
-
-            # log finished episodes; SAME_STEP autoreset reports them, and the true final obs, in final_info/final_obs
-            real_next_obs = next_obs
-            if "_final_obs" in infos:
-                real_next_obs = next_obs.copy()  # next_obs already holds the reset obs of the finished envs
-                for i in np.flatnonzero(infos["_final_obs"]):
-                    real_next_obs[i] = infos["final_obs"][i]
-                episodes = infos["final_info"]["episode"]
-                for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                    recent_returns = (recent_returns + [float(episodes["r"][i])])[-20:]
-                    logger.log("charts/episodic_return", float(episodes["r"][i]), global_step)
-                    logger.log("charts/episodic_length", float(episodes["l"][i]), global_step)
-
-            # store: a truncated episode keeps termination 0, so its target bootstraps from the true final obs
-            replay_buffer.add(obs, real_next_obs, actions, rewards, terminations)
-            obs = next_obs
-
-            # train
-            if global_step > learning_starts_at:
-                for _ in range(multiples_passed(global_step, args.num_envs, args.train_frequency) * args.gradient_steps):
-                    b_obs, b_actions, b_rewards, b_next_obs, b_terminations = replay_buffer.sample(args.batch_size, rng)
-                    with torch.no_grad():
-                        next_q = target_network(b_next_obs).amax(dim=1)  # [B]
-                        targets = td_target(b_rewards, b_terminations, next_q, args.gamma)  # [B]
-                    q_values = q_network(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)  # [B]
-                    if args.loss == "mse":
-                        loss = F.mse_loss(q_values, targets)
-                    else:
-                        loss = F.smooth_l1_loss(q_values, targets)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if args.max_grad_norm is not None:
-                        nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    updates += 1
-                    if updates % 100 == 0:
-                        sps = (global_step - start_step) / (time.perf_counter() - start_time)
-                        logger.log("losses/td_loss", loss.item(), global_step)
-                        logger.log("losses/q_values", q_values.mean().item(), global_step)
-                        logger.log("charts/epsilon", epsilon, global_step)
-                        logger.log("charts/SPS", sps, global_step)
-                # sync the target network
-                if multiples_passed(global_step, args.num_envs, args.target_network_frequency):
-                    update_target(target_params, online_params, args.tau)
-
-            # evaluate, checkpoint, maybe stop; the last iteration's evaluation is the final one
-            if multiples_passed(global_step, args.num_envs, args.eval_frequency) or global_step >= args.total_timesteps:
-                returns = eval_returns = run_evaluation()
-                mean = float(np.mean(returns))
-                logger.log("eval/episodic_return", mean, global_step)
-                logger.log("eval/episodic_return_std", float(np.std(returns)), global_step)
-                print(f"{clear_line}step {global_step:>9,}  eval return {mean:9.2f} ± {np.std(returns):7.2f} "
-                      f"over {len(returns)} episodes", flush=True)
-                if args.save_model:
-                    if mean > best_eval_mean:
-                        best_eval_mean = mean
-                        save_checkpoint(run_dir / "best.pt", checkpoint_state())
-                    save_checkpoint(run_dir / "checkpoint.pt", checkpoint_state())
-                best_eval_mean = max(best_eval_mean, mean)
-                if args.target_return is not None and mean >= args.target_return:
-                    status = "target_reached"
-                    print(f"evaluation mean {mean:.2f} reached --target-return {args.target_return}: stopping")
-                    break
-
-            now = time.perf_counter()
-            if now - last_print > (0.5 if interactive else 15.0):
-                last_print = now
-                sps = (global_step - start_step) / (now - start_time)
-                recent = f"{np.mean(recent_returns):9.2f}" if recent_returns else "        -"
-                line = (f"step {global_step:>9,}/{args.total_timesteps:,}  SPS {sps:7,.0f}  epsilon {epsilon:5.3f}  "
-                        f"return (last {len(recent_returns):2d}) {recent}")
-                print(clear_line + line, end="" if interactive else "\n", flush=True)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        print(f"\ninterrupted at step {global_step}", file=sys.stderr)
-    finally:
-        envs.close()
-
-    wall_time = time.perf_counter() - start_time
-    if status == "interrupted":
-        eval_returns = None  # an evaluation of an earlier step is not this run's result
-        if args.save_model:
-            save_checkpoint(run_dir / "checkpoint.pt", checkpoint_state())
-            print(f"saved {run_dir / 'checkpoint.pt'}; continue with: python {SCRIPT}.py --resume "
-                  f"{run_dir / 'checkpoint.pt'}", file=sys.stderr)
-    summary = {"script": SCRIPT, "env_id": args.env_id, "seed": args.seed, "status": status,
-               "global_step": global_step, "wall_time_s": round(wall_time, 2),
-               "sps": round((global_step - start_step) / wall_time, 1),
-               "eval_mean": float(np.mean(eval_returns)) if eval_returns else None,
-               "eval_std": float(np.std(eval_returns)) if eval_returns else None,
-               "eval_returns": eval_returns, "best_eval_mean": best_eval_mean if best_eval_mean > -math.inf else None,
-               "run_dir": str(run_dir)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    logger.close()
-    if wandb_run is not None:
-        wandb_run.summary.update({k: v for k, v in summary.items() if k != "eval_returns"})
-        wandb_run.finish()
-    if eval_returns:
-        print(f"\n{args.env_id}: final evaluation {summary['eval_mean']:.2f} ± {summary['eval_std']:.2f} over "
-              f"{len(eval_returns)} episodes after {global_step:,} steps ({wall_time:.1f} s, {summary['sps']:,.0f} SPS)")
-    print(f"run directory: {run_dir}")
-    return summary
+        train(args, run)
+    except KeyboardInterrupt:  # before the loop, or a second Ctrl-C: what was saved stays as it was
+        run.status, run.signal = "interrupted", run.signal or signal.SIGINT
+        print(f"\ninterrupted at step {run.global_step:,}", file=sys.stderr)
+    return run.finish()
 
 
-def cli() -> Args:
-    """Parse the command line. With --resume or --eval-checkpoint, the checkpoint's settings are the defaults, so
-    `python dqn.py --resume runs/<run>/checkpoint.pt` needs no other flag; flags given still override them."""
-    argv = sys.argv[1:]
-    for flag in ["--resume", "--eval-checkpoint"]:
-        path = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag), None) or \
-            next((arg.split("=", 1)[1] for arg in argv if arg.startswith(flag + "=")), None)
-        if path is not None and os.path.isfile(path):
-            break
-    else:
-        return tyro.cli(Args)
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)["args"]
-        fields = {field.name for field in dataclasses.fields(Args)}
-        # JSON-like storage turned tuples into lists; fields this script no longer has are dropped
-        saved = {name: tuple(value) if isinstance(value, list) else value
-                 for name, value in saved.items() if name in fields}
-        saved |= {"resume": None, "eval_checkpoint": None, flag.lstrip("-").replace("-", "_"): path}
-        default = Args(**saved)
-    except Exception:  # unreadable, or not this script's: main() reports it properly
-        return tyro.cli(Args)
-    return tyro.cli(Args, default=default)
+def parse_command_line(argv: Optional[list[str]] = None) -> tuple[Any, RunArgs]:
+    """The settings on the command line; with --resume or --eval-checkpoint, the checkpoint's are the defaults."""
+    argv, args, run_args = sys.argv[1:] if argv is None else list(argv), Args(), RunArgs(**RUN_DEFAULTS)
+    options = ("--resume", "--eval-checkpoint")
+    if given := [argv[i + 1] for i, word in enumerate(argv[:-1]) if word in options] + [
+            word.split("=", 1)[1] for word in argv if word.split("=", 1)[0] in options and "=" in word]:
+        path, saved = read_checkpoint(given[-1])
+        try:  # the saved settings this script still has; tuples were stored as lists
+            args, run_args = (kind(**{name: tuple(value) if isinstance(value, list) else value
+                                      for name, value in saved[key].items()
+                                      if name in {field.name for field in dataclasses.fields(kind)}})
+                              for kind, key in ((Args, "args"), (RunArgs, "run_args")))
+        except (KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{str(path)!r} is not a {SCRIPT}.py checkpoint") from None
+        run_args = dataclasses.replace(run_args, resume=None, eval_checkpoint=None)
+    Settings = dataclasses.make_dataclass("Settings", [("algorithm", type(args)), ("run", RunArgs)])
+    settings = tyro.cli(tyro.conf.OmitArgPrefixes[Settings], args=argv, default=Settings(args, run_args),
+                        description=__doc__.split("\n\n")[0])
+    return settings.algorithm, settings.run
 
 
 if __name__ == "__main__":
     try:
-        main(cli())
+        summary = main(*parse_command_line())
     except ConfigError as error:
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:  # during set-up, before the training loop handles it
-        sys.exit("interrupted")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # while reading or checking the settings
+        sys.exit(130)
+    except BrokenPipeError:  # `python dqn.py --help | head`: the reader has left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    if summary["status"] == "interrupted":
+        sys.exit(128 + signal.Signals[summary["signal"]])
+    sys.exit(0 if summary["status"] in ("finished", "target_reached", "evaluated") else 1)

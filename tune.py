@@ -151,7 +151,8 @@ class BudgetReached(Exception):
 
 @dataclass
 class Script:
-    """A training script, loaded only to read its `Args` (flag names, types, defaults) and check settings."""
+    """A training script, loaded only to read its settings (`Args` and `RunArgs`: flag names, types, defaults) and to
+    check them with its own checks."""
 
     path: Path
     given: str
@@ -175,7 +176,7 @@ class Script:
         captured = io.StringIO()
         try:
             with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
-                return tyro.cli(self.module.Args, args=argv, console_outputs=False)
+                return self.module.parse_command_line(argv)
         except SystemExit:
             lines = [line.strip(" │╭╮╰╯─-") for line in captured.getvalue().splitlines()]
             reason = next((line for line in lines if "rror" in line and line != "Value error"), None) or \
@@ -183,14 +184,11 @@ class Script:
             raise TuneError(f"{self.name} rejects `{shlex.join(argv)}`: {reason}") from None
 
     def check(self, argv: list[str]) -> None:
-        """Parse `argv` and run the script's own argument checks, if it has them; raise TuneError on a problem."""
-        args = self.parse(argv)
-        check_args = getattr(self.module, "check_args", None)
-        if check_args is not None:
-            try:
-                check_args(args)
-            except ValueError as error:
-                raise TuneError(f"{self.name}: {error}") from None
+        """Parse `argv` and run the script's own checks of its settings; raise TuneError on a problem."""
+        args, run_args = self.parse(argv)
+        problems = self.module.general_problems(args, run_args) or self.module.check_args(args, run_args)
+        if problems:
+            raise TuneError(f"{self.name}: {'; '.join(problems)}")
 
 
 def base_type(annotation) -> type:
@@ -225,9 +223,12 @@ def load_script(given: str) -> Script:
         spec.loader.exec_module(module)
     except Exception as error:
         raise TuneError(f"cannot load {given}: {type(error).__name__}: {error}") from None
-    if not (isinstance(getattr(module, "Args", None), type) and dataclasses.is_dataclass(module.Args)):
-        raise TuneError(f"{given} has no `@dataclass class Args`, so it does not have the scripts' interface")
-    field_types = {name: base_type(hint) for name, hint in typing.get_type_hints(module.Args).items()}
+    interface = ("Args", "RunArgs", "parse_command_line", "general_problems", "check_args")
+    if not all(hasattr(module, name) for name in interface) or not dataclasses.is_dataclass(module.Args):
+        raise TuneError(f"{given} has no `@dataclass class Args` and harness, so it does not have the scripts' "
+                        "interface")
+    field_types = {name: base_type(hint) for kind in (module.Args, module.RunArgs)
+                   for name, hint in typing.get_type_hints(kind).items()}
     missing = [flag for flag in ("runs_dir", "seed", "total_timesteps") if flag not in field_types]
     if missing:
         raise TuneError(f"{given} has no flag {', '.join('--' + m.replace('_', '-') for m in missing)}, "
@@ -706,7 +707,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
     script = load_script(args.script)
     check_fixed_flags(fixed, script)
     space, notes = build_space(script, args.space, fixed)
-    defaults = script.parse(fixed)
+    defaults, _ = script.parse(fixed)
     total_timesteps = int(defaults.total_timesteps)
     env_id = getattr(defaults, "env_id", None)
     study_name = args.study_name or "-".join(part for part in (script.path.stem, env_id) if part)

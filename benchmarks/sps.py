@@ -1,28 +1,35 @@
-"""Env steps per second of dqn.py on CartPole-v1, next to the floor and a naive reference loop, measured in one run.
+"""Env steps per second of dqn.py on CartPole-v1, beside a naive reference loop and other versions, measured in one run.
 
     python benchmarks/sps.py              # a few minutes on a 2-core CPU
     python benchmarks/sps.py --steps 40000 --num-envs 1 4 16 --rounds 5
+    git show v1:dqn.py > /tmp/dqn_before.py && python benchmarks/sps.py --baseline /tmp/dqn_before.py   # before/after
     python benchmarks/sps.py --cleanrl "/path/to/venv/bin/python /path/to/cleanrl/dqn.py"   # CleanRL's own too
 
 The fixed configuration is CleanRL's dqn.py default (MLP 120-84, batch 128, train every 10 steps, target every 500,
-buffer 10k, learning starts 10k, Adam 2.5e-4, epsilon 1 -> 0.05; here over the 10k warm-up steps, so the
-timed steps are all in the steady learning phase). Printed:
+buffer 10k, learning starts 10k, Adam 2.5e-4, epsilon 1 -> 0.05; here over the 10k warm-up steps, so the timed steps
+are all in the steady learning phase). Printed:
 
 1. the floor: the measured cost of one vector-env step, one batch-1 action forward and one batch-128 update, combined
-   into the best possible steps per second for that configuration ("naive" with gymnasium's SyncVectorEnv and plain
-   eager PyTorch: a torch forward for every action and the default Adam; "lean" with what dqn.py does instead);
-2. a reference loop written the way the textbook/CleanRL scripts are (torch forward per greedy action, SB3's
+   into the best possible steps per second for that configuration, with a torch forward for every action and the
+   default Adam ("naive"), and with dqn.py's NumPy forward (`greedy_actions`) and fused Adam;
+2. a reference loop written the way the textbook/CleanRL scripts are (a torch forward per greedy action, SB3's
    ReplayBuffer, default Adam, gymnasium's SyncVectorEnv; without CleanRL's TensorBoard writes and prints, so it is
    somewhat faster than CleanRL's script), and dqn.py itself at num_envs 1 and more, both timed over their learning
    phase only, by wall time and by CPU time. Everything runs on one torch thread, so CPU time is what the wall time
    would be on an idle machine: the CPU figures hold on a shared, busy machine, where wall-clock figures do not.
-3. with `--cleanrl COMMAND`, CleanRL's own dqn.py as well, run as a subprocess (COMMAND is the python and the script;
+3. with `--baseline PATH` (repeatable), another version of dqn.py, and then this checkout's dqn.py too, each run as a
+   subprocess with the same flags and timed by the child's wall and CPU time: the before/after of a change, in one run;
+4. with `--cleanrl COMMAND`, CleanRL's own dqn.py as well, run as a subprocess (COMMAND is the python and the script;
    CleanRL pins gymnasium 0.29, so it needs its own virtual environment) with `--total-timesteps N
-   --exploration-fraction F --no-cuda` and `OMP_NUM_THREADS=1`, in a temporary directory (it writes TensorBoard files
-   there), timed by the subprocess's wall and CPU time. Its defaults are the configuration above. Ratios are then
-   given against it too. Put its checkout on PYTHONPATH (its dqn.py imports `cleanrl_utils`).
+   --exploration-fraction F --no-cuda` and `OMP_NUM_THREADS=1`, in a temporary directory. Its defaults are the
+   configuration above. Put its checkout on PYTHONPATH (its dqn.py imports `cleanrl_utils`).
 
-Every figure comes from this run on this machine, so compare the ratios, not the absolute numbers across machines.
+Timings: each round runs every contender in turn, and the median of its rounds is kept (a best-of-rounds figure
+rewards whichever contender met the machine's fastest moment). With `--count-instructions`, every contender runs as a
+subprocess under valgrind (`cachegrind`, no cache simulation) and the figure is the instructions it executes per
+learning-phase step: the same count whatever else the machine does, slow (minutes per contender), and a proxy for
+CPU time that ignores how fast each instruction runs. Every figure comes from this run on this machine, so compare
+the ratios, not the absolute numbers across machines.
 """
 
 import argparse
@@ -31,6 +38,10 @@ import copy
 import io
 import os
 import random
+import re
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +54,8 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 import dqn  # noqa: E402
 from benchmarks.cleanrl_subprocess import command_from_option, timed_run  # noqa: E402
 
@@ -71,9 +83,6 @@ def floor_components() -> dict:
     envs.reset(seed=0)
     actions = np.zeros(1, dtype=np.int64)
     env_step = per_call_us(lambda: envs.step(actions), 4000)
-    lean_envs = dqn.SameStepVectorEnv([dqn.make_env("CartPole-v1")])
-    lean_envs.reset(seed=0)
-    env_step_lean = per_call_us(lambda: lean_envs.step(actions), 4000)
 
     torch.manual_seed(0)
     q_network = dqn.QNetwork(4, 2, CLEANRL["hidden_sizes"])
@@ -85,7 +94,7 @@ def floor_components() -> dict:
             return q_network(torch.Tensor(obs)).argmax(dim=1).numpy()
 
     forward_torch = per_call_us(torch_forward, 2000)
-    forward_lean = per_call_us(lambda: q_network.greedy_actions(obs), 2000)
+    forward_lean = per_call_us(lambda: dqn.greedy_actions(q_network, obs), 2000)
 
     batch = 128
     b_obs, b_next_obs = torch.randn(batch, 4), torch.randn(batch, 4)
@@ -97,7 +106,7 @@ def floor_components() -> dict:
                 targets = dqn.td_target(b_rewards, b_terminations, target_network(b_next_obs).amax(dim=1), 0.99)
             q_values = q_network(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)
             loss = F.mse_loss(q_values, targets)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         return update
@@ -105,14 +114,14 @@ def floor_components() -> dict:
     update_naive = per_call_us(update_with(torch.optim.Adam(q_network.parameters(), lr=2.5e-4)), 300)
     update_lean = per_call_us(update_with(torch.optim.Adam(q_network.parameters(), lr=2.5e-4, fused=True)), 300)
     envs.close()
-    lean_envs.close()
-    return dict(env_step=env_step, env_step_lean=env_step_lean, forward_torch=forward_torch, forward_lean=forward_lean,
-                update_naive=update_naive, update_lean=update_lean)
+    return dict(env_step=env_step, forward_torch=forward_torch, forward_lean=forward_lean, update_naive=update_naive,
+                update_lean=update_lean)
 
 
 def reference_loop(total_timesteps: int, seed: int = 1) -> None:
     """The common textbook loop (the CleanRL dqn.py pattern, written here from its description): a torch forward for
-    each greedy action, SB3's ReplayBuffer, the default Adam. It stores the autoreset step as a transition like the pre-1.0 scripts did; that costs nothing here."""
+    each greedy action, SB3's ReplayBuffer, the default Adam. It stores the autoreset step as a transition like the
+    pre-1.0 scripts did; that costs nothing here."""
     from stable_baselines3.common.buffers import ReplayBuffer
 
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
@@ -150,13 +159,64 @@ def reference_loop(total_timesteps: int, seed: int = 1) -> None:
     envs.close()
 
 
+def dqn_settings(total_timesteps: int, num_envs: int, runs_dir: str) -> dict:
+    """dqn.py's settings at the fixed configuration, with the same absolute epsilon schedule as the reference."""
+    return dict(CLEANRL, total_timesteps=total_timesteps, num_envs=num_envs, eval_frequency=10 * total_timesteps,
+                exploration_fraction=EXPLORATION_STEPS / total_timesteps, eval_episodes=1, save_model=False,
+                runs_dir=runs_dir, seed=1)
+
+
 def dqn_run(total_timesteps: int, num_envs: int, runs_dir: str) -> None:
-    """dqn.py's main() at the fixed configuration, with the same absolute epsilon schedule as the reference."""
-    args = dqn.Args(**CLEANRL, total_timesteps=total_timesteps, num_envs=num_envs, eval_frequency=10 * total_timesteps,
-                    exploration_fraction=EXPLORATION_STEPS / total_timesteps, eval_episodes=1, save_model=False,
-                    runs_dir=runs_dir, seed=1)
+    """dqn.py's main() in this process."""
+    values = dqn_settings(total_timesteps, num_envs, runs_dir)
+    run_fields = {field for field in dqn.RunArgs.__dataclass_fields__}
+    args = dqn.Args(**{name: value for name, value in values.items() if name not in run_fields})
+    run_args = dqn.RunArgs(**{name: value for name, value in values.items() if name in run_fields})
     with contextlib.redirect_stdout(io.StringIO()):
-        dqn.main(args)
+        dqn.main(args, run_args)
+
+
+def script_flags(total_timesteps: int, runs_dir: str) -> list[str]:
+    """The command-line flags of `dqn_settings` at one env, for a dqn.py run as a subprocess."""
+    flags = []
+    for name, value in dqn_settings(total_timesteps, 1, runs_dir).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, *map(str, value)] if isinstance(value, tuple) else [flag, str(value)]
+    return flags
+
+
+def script_run(script: str, total_timesteps: int, runs_dir: str) -> tuple[float, float]:
+    """A version of dqn.py run as a subprocess with the same settings as `dqn_run` at one env: (wall, CPU) seconds."""
+    return timed_run([sys.executable, script], script_flags(total_timesteps, runs_dir), runs_dir)
+
+
+def instructions(command: list[str], cwd: str) -> int:
+    """The instructions `command` executes, counted by valgrind (cachegrind without its cache simulation)."""
+    result = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                             *command], cwd=cwd, capture_output=True, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    found = re.search(r"I\s+refs:\s+([\d,]+)", result.stderr)
+    if result.returncode != 0 or not found:
+        sys.exit(f"{' '.join(command[:3])} ... failed under valgrind (exit code {result.returncode}):\n"
+                 f"{result.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def count_instructions(contenders: dict, short: int, long: int) -> None:
+    """Print each contender's instructions per learning-phase step, and their ratios to the first one."""
+    counts = {}
+    with tempfile.TemporaryDirectory() as runs_dir:
+        for name, command in contenders.items():
+            low, high = (instructions(command(steps, runs_dir), runs_dir) for steps in (short, long))
+            counts[name] = (high - low) / (long - short)
+            print(f"  {name:42s} {counts[name] / 1e3:9,.1f}k instructions per step", flush=True)
+    reference = next(iter(counts))
+    print(f"\nsteps per instruction, as a ratio to the {reference} (a proxy for the CPU-time ratio)")
+    for name, count in counts.items():
+        print(f"  {name:42s} {counts[reference] / count:5.2f}x")
 
 
 def cleanrl_run(command: list[str], total_timesteps: int, runs_dir: str) -> tuple[float, float]:
@@ -182,14 +242,39 @@ def learning_phase_sps(run, short: int, long: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20_000, help="timed learning-phase env steps per contender")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each contender's best is kept")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each contender's median is kept")
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16], help="num_envs values for dqn.py")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--baseline", metavar="PATH", action="append", default=[],
+                        help="also time this version of dqn.py (and this checkout's) as a subprocess; repeatable")
     parser.add_argument("--cleanrl", metavar="COMMAND", help="also time CleanRL's dqn.py: its python and script, "
                         "e.g. '/path/to/cleanrl-venv/bin/python /path/to/cleanrl/cleanrl/dqn.py'")
+    parser.add_argument("--count-instructions", action="store_true",
+                        help="count each contender's instructions under valgrind instead of timing it (--steps: 2000)")
     options = parser.parse_args()
+    if options.count_instructions:
+        if shutil.which("valgrind") is None:
+            parser.error("--count-instructions needs valgrind (apt-get install valgrind)")
+        steps = options.steps if options.steps != parser.get_default("steps") else 2000
+        short = CLEANRL["learning_starts"] + 500
+        reference = [sys.executable, "-c", "from benchmarks.sps import reference_loop; import sys; "
+                     "reference_loop(int(sys.argv[1]))"]
+        contenders = {"naive reference loop (CleanRL pattern)": lambda n, _: [*reference, str(n)]}
+        if options.cleanrl:
+            command = command_from_option(parser, options.cleanrl)
+            contenders["CleanRL dqn.py"] = lambda n, runs_dir: [*command, "--total-timesteps", str(n),
+                                                                 "--exploration-fraction", str(EXPLORATION_STEPS / n),
+                                                                 "--no-cuda", "--seed", "1"]
+        for path in [*options.baseline, str(ROOT / "dqn.py")]:
+            contenders[path] = lambda n, runs_dir, path=path: [sys.executable, path, *script_flags(n, runs_dir)]
+        print(f"instructions per learning-phase step over {steps:,} steps, counted by valgrind\n")
+        count_instructions(contenders, short, short + steps)
+        return
     if options.steps < 1000:
         parser.error("--steps must be at least 1000")
+    for path in options.baseline:
+        if not Path(path).is_file():
+            parser.error(f"--baseline {path}: no such file")
     cleanrl_command = command_from_option(parser, options.cleanrl)
     torch.set_num_threads(options.threads)
 
@@ -197,42 +282,47 @@ def main() -> None:
           f"CleanRL's dqn.py configuration\n")
     c = floor_components()
     naive_step = c["env_step"] + c["forward_torch"] + c["update_naive"] / CLEANRL["train_frequency"]
-    lean_step = c["env_step_lean"] + c["forward_lean"] + c["update_lean"] / CLEANRL["train_frequency"]
+    lean_step = c["env_step"] + c["forward_lean"] + c["update_lean"] / CLEANRL["train_frequency"]
     print("floor components (CPU time per call, best of 5 repeats)")
     print(f"  vector-env step, gymnasium SyncVectorEnv (SAME_STEP)       {c['env_step']:8.1f} us")
-    print(f"  vector-env step, dqn.py SameStepVectorEnv                  {c['env_step_lean']:8.1f} us")
     print(f"  batch-1 action, torch eager forward                        {c['forward_torch']:8.1f} us")
     print(f"  batch-1 action, dqn.py greedy_actions (NumPy views)        {c['forward_lean']:8.1f} us")
     print(f"  batch-128 update, default Adam                             {c['update_naive']:8.1f} us")
     print(f"  batch-128 update, fused Adam (dqn.py)                      {c['update_lean']:8.1f} us")
     print(f"  naive floor: env + torch forward + update/10       {naive_step:7.1f} us/step = "
           f"{1e6 / naive_step:7,.0f} SPS")
-    print(f"  lean floor:  lean env + NumPy forward + fused/10  {lean_step:7.1f} us/step = {1e6 / lean_step:7,.0f} SPS")
-    print("  (both floors assume a network call on every step; with epsilon-greedy, exploring steps skip it;\n"
-          "   both env steps run CartPole-v1 wrapped in RecordEpisodeStatistics)\n")
+    print(f"  dqn.py floor: env + NumPy forward + fused/10      {lean_step:7.1f} us/step = {1e6 / lean_step:7,.0f} SPS")
+    print("  (both floors assume a network call on every step; with epsilon-greedy, exploring steps skip it)\n")
 
     # alternate the contenders over several rounds and keep each one's best: on a shared machine the least-disturbed
     # round is the closest to the true speed, and alternating exposes every contender to the same load
     short, long = CLEANRL["learning_starts"] + 2000, CLEANRL["learning_starts"] + 2000 + options.steps
-    best: dict[str, tuple[float, float]] = {}
+    rates: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as runs_dir:
         references = {"naive reference loop (CleanRL pattern)": reference_loop}
         if cleanrl_command is not None:
             references["CleanRL dqn.py (subprocess)"] = lambda steps: cleanrl_run(cleanrl_command, steps, runs_dir)
+        for path in options.baseline:
+            references[f"{path} (subprocess)"] = lambda steps, path=path: script_run(path, steps, runs_dir)
         ours = {f"dqn.py num_envs={n}": (lambda steps, n=n: dqn_run(steps, n, runs_dir)) for n in options.num_envs}
+        if options.baseline:
+            here = str(Path(__file__).resolve().parent.parent / "dqn.py")
+            ours["dqn.py num_envs=1 (subprocess)"] = lambda steps: script_run(here, steps, runs_dir)
         # one untimed run of each in-process contender first: its first call in this process pays one-time costs
         # (imports, first torch calls) that would otherwise fall into its first short run and inflate its rate
-        for run in (reference_loop, *ours.values()):
-            run(short)
+        for name, run in {"reference": reference_loop, **ours}.items():
+            if "subprocess" not in name:
+                run(short)
         contenders = references | ours
         for round_index in range(options.rounds):
             for name, run in contenders.items():
-                wall, cpu = learning_phase_sps(run, short, long)
-                old_wall, old_cpu = best.get(name, (0.0, 0.0))
-                best[name] = (max(old_wall, wall), max(old_cpu, cpu))
+                rates.setdefault(name, []).append(learning_phase_sps(run, short, long))
             print(f"round {round_index + 1}/{options.rounds} done", flush=True)
-    print(f"\nenv steps per second over {options.steps:,} learning-phase steps (epsilon 0.05), best of {options.rounds} "
-          f"alternating rounds;\nby wall time, and by CPU time (= wall time on an idle machine, for one thread)")
+    best = {name: (statistics.median(wall for wall, _ in runs), statistics.median(cpu for _, cpu in runs))
+            for name, runs in rates.items()}
+    print(f"\nenv steps per second over {options.steps:,} learning-phase steps (epsilon 0.05), the median of "
+          f"{options.rounds} alternating rounds;\nby wall time, and by CPU time (= wall time on an idle machine, for one "
+          "thread)")
     for reference in references:
         reference_wall, reference_cpu = best[reference]
         print(f"\nratios to the {reference}")

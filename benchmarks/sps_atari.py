@@ -8,7 +8,7 @@
 Printed:
 1. the floor at the default settings: the cost of one env step (PongNoFrameskip-v4 with SB3's wrappers and the 4-frame
    stack, in a SyncVectorEnv), one batch-1 action forward, storing one step in the frame replay, and one batch-32
-   update (sample + target forward + online forward/backward + fused Adam), combined into the steps per second the
+   update (sample + target forward + online forward/backward + Adam), combined into the steps per second the
    loop cannot beat with one env: 1 / (env + act + store + update / train_frequency);
 2. dqn_atari.main() itself at the default settings, timed over its learning phase only (two runs that differ only in
    length; the difference of their times is the cost of the extra learning steps), with epsilon already at its final
@@ -18,9 +18,9 @@ Printed:
    for `cleanrl_utils`), with `--learning-starts 1000`, epsilon at 0.01 from the first step, `--buffer-size 100000`
    (its replay of frame stacks at the default 1M would need 28 GB), `--no-cuda` and OMP_NUM_THREADS=1; with
    `--main-rounds N` the contenders alternate N times and each keeps its best round;
-3. the update cost of the options tried for a cheaper update: channels-last memory, bf16 autocast, torch.compile,
-   and 2 torch threads instead of 1, each beside the plain eager fp32 update that dqn_atari.py uses (the 2-thread
-   rows' CPU time counts both threads: compare their wall time);
+3. the update cost of the options tried for a cheaper update: channels-last memory, fused Adam, bf16 autocast,
+   torch.compile, and 2 torch threads instead of 1, each beside the plain eager fp32 update that dqn_atari.py uses
+   (the 2-thread rows' CPU time counts both threads: compare their wall time);
 4. in a child process (so nothing else counts): bytes per transition and peak RSS with a replay holding 200k
    transitions of real Pong.
 
@@ -49,7 +49,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dqn_atari  # noqa: E402
 from benchmarks.cleanrl_subprocess import command_from_option, timed_run  # noqa: E402
-from dqn_atari import Args, FrameReplayBuffer, QNetwork, make_env, td_target  # noqa: E402
+from dqn_atari import FrameReplayBuffer, QNetwork, make_env, td_target  # noqa: E402
 
 ENV_ID = "PongNoFrameskip-v4"
 LEARNING_STARTS = 1000  # the timed steps come after it
@@ -95,19 +95,20 @@ def filled_replay(steps: int, capacity: int = 10_000, num_envs: int = 1,
     return replay_buffer, envs, obs
 
 
-def make_update(replay_buffer: FrameReplayBuffer, n_actions: int, channels_last: bool = True, bf16: bool = False,
-                compile_loss: bool = False):
-    """One gradient step as main() takes it (Huber loss, fused Adam); the options change how, not what, it computes."""
+def make_update(replay_buffer: FrameReplayBuffer, n_actions: int, channels_last: bool = False, bf16: bool = False,
+                compile_loss: bool = False, fused: bool = False):
+    """One gradient step as main() takes it (Huber loss, Adam); the options change how, not what, it computes."""
     torch.manual_seed(0)
     q_network, target_network = QNetwork(n_actions), QNetwork(n_actions)
     if channels_last:
-        forward = lambda network, obs: network(obs)  # noqa: E731  (dqn_atari's QNetwork as it is: channels-last)
+        q_network.network.to(memory_format=torch.channels_last)
+        target_network.network.to(memory_format=torch.channels_last)
+        forward = lambda network, obs: network.network(  # noqa: E731
+            (obs.float() / 255.0).contiguous(memory_format=torch.channels_last))
     else:
-        q_network.network.to(memory_format=torch.contiguous_format)
-        target_network.network.to(memory_format=torch.contiguous_format)
-        forward = lambda network, obs: network.network(obs.float() / 255.0)  # noqa: E731
+        forward = lambda network, obs: network(obs)  # noqa: E731  (dqn_atari's QNetwork as it is)
     target_network.load_state_dict(q_network.state_dict())
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, fused=True)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, fused=fused)
     rng = np.random.default_rng(0)
 
     def loss_of(b_obs, b_actions, b_rewards, b_next_obs, b_terminations):
@@ -136,7 +137,7 @@ def section_floor() -> dict:
     rng = np.random.default_rng(1)
     env_cpu, env_wall = per_call_ms(lambda: envs.step(rng.integers(n_actions, size=1)), 300)
     update, q_network = make_update(replay_buffer, n_actions)
-    act_cpu, act_wall = per_call_ms(lambda: q_network.greedy_actions(obs), 200)
+    act_cpu, act_wall = per_call_ms(lambda: dqn_atari.greedy_actions(q_network, obs), 200)
     update_cpu, update_wall = per_call_ms(update, 20)
     sample_cpu, _ = per_call_ms(lambda: replay_buffer.sample(32, rng), 200)
     actions, rewards, terminations = np.zeros(1, np.int64), np.zeros(1, np.float32), np.zeros(1, bool)
@@ -152,11 +153,12 @@ def timed_main(total_timesteps: int, num_envs: int) -> tuple[float, float]:
     """(wall s, CPU s) of a whole dqn_atari.main() run at the default settings, except its length, an early start of
     learning, epsilon at its end value throughout, and a single one-game evaluation at the end."""
     with tempfile.TemporaryDirectory() as runs_dir, contextlib.redirect_stdout(io.StringIO()):
-        args = Args(env_id=ENV_ID, torch_threads=1, learning_starts=LEARNING_STARTS, exploration_fraction=0.0,
-                    total_timesteps=total_timesteps, num_envs=num_envs, eval_frequency=10**9, eval_episodes=1,
-                    save_model=False, runs_dir=runs_dir)
+        args = dqn_atari.Args(env_id=ENV_ID, learning_starts=LEARNING_STARTS, exploration_fraction=0.0,
+                              total_timesteps=total_timesteps, num_envs=num_envs)
+        run_args = dqn_atari.RunArgs(torch_threads=1, eval_frequency=10**9, eval_episodes=1, eval_epsilon=0.05,
+                                     save_model=False, runs_dir=runs_dir)
         wall, cpu = time.perf_counter(), time.process_time()
-        dqn_atari.main(args)
+        dqn_atari.main(args, run_args)
         return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -181,17 +183,17 @@ def section_options(rounds: int, compile_too: bool, slow_too: bool = True) -> li
     replay_buffer, envs, _ = filled_replay(2000)
     n_actions = int(envs.single_action_space.n)
     envs.close()
-    variants = {"fp32 NCHW (plain eager)": (1, dict(channels_last=False)),
-                "fp32 channels-last (dqn_atari)": (1, dict())}
+    variants = {"fp32 NCHW (plain eager: dqn_atari)": (1, dict()),
+                "fp32 channels-last": (1, dict(channels_last=True)), "fused Adam": (1, dict(fused=True))}
     if slow_too:
-        variants["bf16 autocast"] = (1, dict(bf16=True, channels_last=False))
-        variants["bf16 autocast, channels-last"] = (1, dict(bf16=True))
+        variants["bf16 autocast"] = (1, dict(bf16=True))
+        variants["bf16 autocast, channels-last"] = (1, dict(bf16=True, channels_last=True))
     if compile_too:
-        variants["torch.compile"] = (1, dict(compile_loss=True, channels_last=False))
-        variants["torch.compile, channels-last"] = (1, dict(compile_loss=True))
+        variants["torch.compile"] = (1, dict(compile_loss=True))
+        variants["torch.compile, channels-last"] = (1, dict(compile_loss=True, channels_last=True))
     if slow_too:
-        variants["fp32 NCHW, 2 threads"] = (2, dict(channels_last=False))
-        variants["fp32 channels-last, 2 threads"] = (2, dict())
+        variants["fp32 NCHW, 2 threads"] = (2, dict())
+        variants["fp32 channels-last, 2 threads"] = (2, dict(channels_last=True))
     updates = {}
     for name, (threads, options) in variants.items():
         torch.set_num_threads(threads)
@@ -208,7 +210,7 @@ def section_options(rounds: int, compile_too: bool, slow_too: bool = True) -> li
             cpu[name].append(round_cpu)
             wall[name].append(round_wall)
     torch.set_num_threads(1)
-    plain = "fp32 NCHW (plain eager)"
+    plain = "fp32 NCHW (plain eager: dqn_atari)"
     base_cpu, base_wall = np.median(cpu[plain]), np.median(wall[plain])
     return [{"variant": name, "threads": updates[name][0], "cpu_ms": float(np.median(cpu[name])),
              "wall_ms": float(np.median(wall[name])), "first_call_s": updates[name][2],
@@ -230,8 +232,9 @@ lowest = np.maximum(replay_buffer.written - replay_buffer.slots + sps_atari.dqn_
 held = sum(int(np.sum(~replay_buffer.first[e, (np.arange(lowest[e], replay_buffer.written[e] - 1) + 1)
                                             % replay_buffer.slots])) for e in range(replay_buffer.num_envs))
 peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+nbytes = sum(getattr(replay_buffer, name).nbytes for name in ("frames", "actions", "rewards", "terminations", "first"))
 print(json.dumps({{"frame_slots": replay_buffer.slots * replay_buffer.num_envs, "transitions_held": held,
-                  "replay_bytes": replay_buffer.nbytes(), "bytes_per_transition": replay_buffer.nbytes() / held,
+                  "replay_bytes": nbytes, "bytes_per_transition": nbytes / held,
                   "baseline_rss_mb": baseline_kb / 1024, "peak_rss_mb": peak_kb / 1024}}))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,5 +1,7 @@
 """Shared test helpers: put the repository root on sys.path and register small, fully observable test envs."""
 
+import csv
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -68,6 +70,29 @@ gym.register("ImageObs-v0", entry_point=ObservationSpaceEnv, max_episode_steps=8
              kwargs={"observation_space": gym.spaces.Box(0, 255, shape=(84, 84, 3), dtype=np.uint8)})
 gym.register("DictObs-v0", entry_point=ObservationSpaceEnv, max_episode_steps=8,
              kwargs={"observation_space": gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, shape=(2,))})})
+
+
+SCRIPTS = ["dqn.py", "dqn_lunar.py", "dqn_atari.py", "double_dueling_per_dqn.py"]
+
+
+def settings(module, **overrides):
+    """(Args, RunArgs) of a script module, with each override given to whichever of the two has that field; the run
+    options start from the script's own RUN_DEFAULTS, as on its command line."""
+    run_fields = {field.name for field in dataclasses.fields(module.RunArgs)}
+    args = module.Args(**{name: value for name, value in overrides.items() if name not in run_fields})
+    run_args = module.RunArgs(**{**module.RUN_DEFAULTS,
+                                 **{name: value for name, value in overrides.items() if name in run_fields}})
+    return args, run_args
+
+
+def train(module, **overrides) -> dict:
+    """module.main with these settings: the summary of the run."""
+    return module.main(*settings(module, **overrides))
+
+
+def read_metrics(run_dir) -> list[tuple[int, str, float]]:
+    with open(Path(run_dir) / "metrics.csv", newline="") as file:
+        return [(int(row["global_step"]), row["name"], float(row["value"])) for row in csv.DictReader(file)]
 
 
 def run_script(args: list[str], cwd=None, env_extra=None, timeout=300) -> subprocess.CompletedProcess:

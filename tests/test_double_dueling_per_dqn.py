@@ -2,7 +2,6 @@
 prioritized sampling and importance weights, priority updates in the real training loop, n-step returns at episode
 ends, the frame replay's priorities on Atari, bad input, and smoke runs on LunarLander-v3 and real Pong."""
 
-import csv
 import json
 import math
 import re
@@ -13,27 +12,33 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 import double_dueling_per_dqn as ddp
 import dqn
-from conftest import ROOT, StepCounterEnv, run_script
+from conftest import ROOT, StepCounterEnv, read_metrics, run_script, settings, train
 
 GAMMA = 0.9
+SMALL = dict(env_id="CartPole-v1", total_timesteps=1000, learning_starts=200, batch_size=32, buffer_size=2000,
+             hidden_sizes=(32, 32), gradient_steps=1, eval_frequency=1000, eval_episodes=1)
 
 
-def read_metrics(run_dir) -> list[tuple[int, str, float]]:
-    with open(Path(run_dir) / "metrics.csv", newline="") as file:
-        return [(int(row["global_step"]), row["name"], float(row["value"])) for row in csv.DictReader(file)]
+def small(tmp_path: Path, **overrides) -> dict:
+    """A small, fast run (CPU seconds, not minutes): its summary."""
+    return train(ddp, **{**SMALL, "runs_dir": str(tmp_path / "runs"), **overrides})
 
 
-def small_args(tmp_path: Path, **overrides) -> ddp.Args:
-    """A small, fast configuration: CPU seconds, not minutes."""
-    values = dict(env_id="CartPole-v1", total_timesteps=1000, learning_starts=200, batch_size=32, buffer_size=2000,
-                  hidden_sizes=(32, 32), gradient_steps=1, eval_frequency=1000, eval_episodes=1,
-                  runs_dir=str(tmp_path / "runs"))
-    return ddp.Args(**{**values, **overrides})
+def complete_indices(replay: ddp.FrameReplayBuffer) -> np.ndarray:
+    """Every replay index of a complete transition whose obs frames are in the ring, enumerated from the ring."""
+    indices = []
+    for env in range(replay.num_envs):
+        js = np.arange(replay.lowest_slots(np.array([env]))[0], replay.written[env] - 1)
+        js = js[~replay.first[env, (js + 1) % replay.slots]]  # the last frame of an episode starts no transition
+        complete = replay.windows(np.full(len(js), env), js)[1]
+        indices += (env * replay.slots + js[complete] % replay.slots).tolist()
+    return np.array(sorted(indices), dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------------------- Double DQN
@@ -88,14 +93,14 @@ def test_dueling_network_is_identifiable_and_its_greedy_action_is_the_advantage_
     network = ddp.QNetwork(obs_shape, 5, (16, 16) if len(obs_shape) == 1 else (32,), dueling=True)
     obs = torch.randint(0, 256, (8, *obs_shape), dtype=torch.uint8) if len(obs_shape) == 3 else torch.randn(8, 6)
     with torch.no_grad():
-        features = network.features(obs)
+        features = network.torso(obs.float() / 255.0 if len(obs_shape) == 3 else obs)
         values, advantages = network.value_head(features), network.advantage_head(features)  # [8, 1], [8, 5]
         q_values = network(obs)
     centred = advantages - advantages.mean(dim=1, keepdim=True)
     assert torch.allclose(centred.mean(dim=1), torch.zeros(8), atol=1e-6)  # advantages of zero mean
     assert torch.allclose(q_values - q_values.mean(dim=1, keepdim=True), centred, atol=1e-5)  # Q - mean Q = A - mean A
     assert torch.allclose(q_values.mean(dim=1, keepdim=True), values, atol=1e-5)  # V recoverable
-    assert np.array_equal(network.greedy_actions(obs.numpy()), q_values.argmax(dim=1).numpy())
+    assert np.array_equal(ddp.greedy_actions(network, obs.numpy()), q_values.argmax(dim=1).numpy())
 
 
 def test_dueling_streams_each_have_their_own_last_hidden_layer_and_the_plain_head_is_dqn_py_s_network():
@@ -109,7 +114,7 @@ def test_dueling_streams_each_have_their_own_last_hidden_layer_and_the_plain_hea
 
 
 @pytest.mark.parametrize("dueling", [True, False])
-def test_greedy_actions_in_numpy_follow_the_trained_and_reloaded_network(dueling):
+def test_greedy_actions_follow_the_trained_and_reloaded_network(dueling):
     torch.manual_seed(1)
     network = ddp.QNetwork((4,), 6, (16, 16), dueling)
     obs = np.random.default_rng(0).normal(size=(128, 4)).astype(np.float32)
@@ -118,7 +123,7 @@ def test_greedy_actions_in_numpy_follow_the_trained_and_reloaded_network(dueling
         with torch.no_grad():
             return network(torch.from_numpy(obs)).argmax(dim=1).numpy()
 
-    assert np.array_equal(network.greedy_actions(obs), torch_argmax())
+    assert np.array_equal(ddp.greedy_actions(network, obs), torch_argmax())
     before = torch_argmax()
     optimizer = torch.optim.Adam(network.parameters(), lr=0.5)
     for _ in range(3):
@@ -126,9 +131,9 @@ def test_greedy_actions_in_numpy_follow_the_trained_and_reloaded_network(dueling
         (network(torch.from_numpy(obs))[:, 0] ** 2).mean().backward()
         optimizer.step()
     assert not np.array_equal(before, torch_argmax())
-    assert np.array_equal(network.greedy_actions(obs), torch_argmax())
+    assert np.array_equal(ddp.greedy_actions(network, obs), torch_argmax())
     network.load_state_dict(ddp.QNetwork((4,), 6, (16, 16), dueling).state_dict())
-    assert np.array_equal(network.greedy_actions(obs), torch_argmax())
+    assert np.array_equal(ddp.greedy_actions(network, obs), torch_argmax())
 
 
 # ----------------------------------------------------------------------------------------------------------- sum-tree
@@ -147,7 +152,7 @@ def prefix_sum_bounds(leaves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([[0.0], np.cumsum(leaves)[:-1]]), np.cumsum(leaves)
 
 
-@settings(max_examples=60, deadline=None)
+@hypothesis_settings(max_examples=60, deadline=None)
 @given(capacity=st.integers(1, 200),
        updates=st.lists(st.tuples(st.lists(st.integers(0, 10**6), min_size=1, max_size=40),
                                   st.lists(st.one_of(st.just(0.0), st.floats(1e-6, 1e3)), min_size=40, max_size=40)),
@@ -280,7 +285,7 @@ def test_priorities_change_after_each_learning_step_for_exactly_the_sampled_tran
 
     monkeypatch.setattr(ddp.PrioritizedSampler, "sample", recording_sample)
     monkeypatch.setattr(ddp.PrioritizedSampler, "update", recording_update)
-    summary = ddp.main(small_args(tmp_path, total_timesteps=400, learning_starts=200, train_frequency=4))
+    summary = small(tmp_path, total_timesteps=400, learning_starts=200, train_frequency=4)
     assert len(calls) == 50  # one update of the priorities per learning step: (400 - 200) / 4
     for call in calls:
         assert np.array_equal(call["updated"], call["sampled"])
@@ -297,39 +302,62 @@ def test_priorities_change_after_each_learning_step_for_exactly_the_sampled_tran
 
 # ------------------------------------------------------------------------------------------------------------- n-step
 
+def vector_replay(n: int, num_envs: int = 1, capacity: int = 40, prioritized: bool = True) -> ddp.FrameReplayBuffer:
+    """A replay of one-number observations (stacks of one frame) with a sum-tree, as main() builds it."""
+    space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    slots = -(-capacity // num_envs)
+    sampler = ddp.PrioritizedSampler(num_envs * slots, 0.6, 1e-6) if prioritized else None
+    return ddp.FrameReplayBuffer(capacity, num_envs, space, n, 0.5, torch.device("cpu"), sampler)
+
+
 def test_n_step_transitions_on_hand_computed_episodes():
-    n_step = ddp.NStepTransitions(3, 0.5, num_envs=1)
-    obs = [np.array([[float(t)]]) for t in range(6)]
+    replay = vector_replay(n=3)
+    obs = lambda t: np.array([[float(t)]], dtype=np.float32)  # noqa: E731
 
     def step(t, reward, terminated=False, truncated=False):
-        return n_step.add(obs[t], np.array([t]), np.array([reward]), obs[t + 1], np.array([terminated]),
-                          np.array([truncated]))
+        replay.add(obs(t + 1), np.array([t]), np.array([reward]), np.array([terminated]))
+        if terminated or truncated:
+            replay.start_episodes(obs(100 + t), np.array([0]))  # the next episode's reset obs
 
-    assert step(0, 1.0) is None and step(1, 2.0) is None  # fewer than 3 rewards: nothing complete yet
-    first = step(2, 3.0)  # 1 + 0.5 * 2 + 0.25 * 3 = 2.75, bootstrapping from obs 3 with 0.5^3
-    assert np.allclose(first[0], [[0.0]]) and np.allclose(first[1], [[3.0]]) and first[2].tolist() == [0]
-    assert np.allclose(first[3], [2.75]) and first[4].tolist() == [0.0] and np.allclose(first[5], [0.125])
-    ended = step(3, 4.0, terminated=True)  # the episode ends: every pending step is complete, none bootstraps
-    assert ended[0][:, 0].tolist() == [1.0, 2.0, 3.0] and np.all(ended[1] == 4.0)
-    assert np.allclose(ended[3], [2 + 0.5 * 3 + 0.25 * 4, 3 + 0.5 * 4, 4.0])
-    assert ended[4].tolist() == [1.0, 1.0, 1.0] and np.allclose(ended[5], [0.125, 0.25, 0.5])
-    assert n_step.pending == [[]]
+    def complete_batch():
+        indices = np.flatnonzero(replay.priorities.tree.priorities(np.arange(replay.priorities.tree.capacity)))
+        assert np.array_equal(indices, complete_indices(replay))  # the tree holds exactly the complete ones
+        return replay.batch(indices, np.ones(len(indices), dtype=np.float32))
+
+    replay.start_episodes(obs(0), np.array([0]))
+    step(0, 1.0)
+    step(1, 2.0)
+    assert len(complete_batch().obs) == 0  # fewer than 3 rewards: nothing complete yet
+    step(2, 3.0)
+    first = complete_batch()  # 1 + 0.5 * 2 + 0.25 * 3 = 2.75, bootstrapping from obs 3 with 0.5^3
+    assert first.obs.tolist() == [[0.0]] and first.next_obs.tolist() == [[3.0]] and first.actions.tolist() == [0]
+    assert first.returns.tolist() == [2.75] and first.terminations.tolist() == [0.0] and first.discounts.tolist() == [
+        0.125]
+    step(3, 4.0, terminated=True)  # the episode ends: every pending step is complete, none bootstraps
+    ended = complete_batch()
+    assert ended.obs[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0] and ended.next_obs[1:, 0].tolist() == [4.0, 4.0, 4.0]
+    assert np.allclose(ended.returns[1:], [2 + 0.5 * 3 + 0.25 * 4, 3 + 0.5 * 4, 4.0])
+    assert ended.terminations[1:].tolist() == [1.0, 1.0, 1.0] and np.allclose(ended.discounts[1:], [0.125, 0.25, 0.5])
     # a truncation: the same returns, but termination 0, so each bootstraps from the final obs with gamma^k
-    assert step(0, 1.0) is None
-    truncated = step(1, 2.0, truncated=True)
-    assert np.allclose(truncated[3], [1 + 0.5 * 2, 2.0]) and truncated[4].tolist() == [0.0, 0.0]
-    assert np.allclose(truncated[5], [0.25, 0.5]) and np.all(truncated[1] == 2.0)
+    step(0, 1.0)
+    step(1, 2.0, truncated=True)
+    truncated = complete_batch()
+    assert truncated.obs[4:, 0].tolist() == [103.0, 1.0]  # the new episode's reset obs, then its first step's
+    assert np.allclose(truncated.returns[4:], [1 + 0.5 * 2, 2.0]) and truncated.terminations[4:].tolist() == [0, 0]
+    assert np.allclose(truncated.discounts[4:], [0.25, 0.5]) and truncated.next_obs[4:, 0].tolist() == [2.0, 2.0]
 
 
 def test_n_step_transitions_never_mix_envs():
-    n_step = ddp.NStepTransitions(2, 1.0, num_envs=2)
-    obs = lambda t: np.array([[0.0, t], [1.0, t]])  # noqa: E731  (env id, time step)
-    out = n_step.add(obs(0), np.array([0, 1]), np.array([1.0, 10.0]), obs(1), np.array([False, True]),
-                     np.array([False, False]))
-    assert out[0].tolist() == [[1.0, 0.0]] and out[3].tolist() == [10.0]  # env 1 ended, env 0 is pending
-    out = n_step.add(obs(1), np.array([0, 1]), np.array([2.0, 20.0]), obs(2), np.array([False, False]),
-                     np.array([False, False]))
-    assert out[0].tolist() == [[0.0, 0.0]] and out[1].tolist() == [[0.0, 2.0]] and out[3].tolist() == [3.0]
+    replay = vector_replay(n=2, num_envs=2)
+    obs = lambda t: np.array([[10.0 + t], [20.0 + t]], dtype=np.float32)  # noqa: E731  (env 0: 10+, env 1: 20+)
+    replay.start_episodes(obs(0), np.arange(2))
+    replay.add(obs(1), np.array([0, 1]), np.array([1.0, 10.0]), np.array([False, True]))
+    replay.start_episodes(obs(50)[1:], np.array([1]))  # env 1 ended, env 0 goes on
+    replay.add(obs(2), np.array([0, 1]), np.array([2.0, 20.0]), np.array([False, False]))
+    indices = complete_indices(replay)
+    batch = replay.batch(indices, np.ones(len(indices), dtype=np.float32))
+    rows = sorted(zip(batch.obs[:, 0].tolist(), batch.returns.tolist(), batch.next_obs[:, 0].tolist()))
+    assert rows == [(10.0, 1.0 + 0.5 * 2.0, 12.0), (20.0, 10.0, 21.0)]  # env 1's transition stops at its end
 
 
 class StepRewardEnv(StepCounterEnv):
@@ -349,13 +377,21 @@ def test_training_loop_stores_n_step_returns_cut_at_episode_ends_within_one_env(
     transition goes k <= n steps forward in the same episode of the same env, k < n only at an episode's end, its return
     is the discounted sum of the k rewards, it is terminal exactly when it ends on a termination, and its discount is
     gamma^k (a truncation bootstraps from the true final obs with that)."""
-    args = small_args(tmp_path, env_id="StepReward-v0", num_envs=num_envs, n_step=n, gamma=GAMMA, total_timesteps=600,
-                      learning_starts=300, save_replay=True, hidden_sizes=(16,), eval_frequency=600)
-    summary = ddp.main(args)
-    replay = torch.load(Path(summary["run_dir"]) / "checkpoint.pt", weights_only=True)["replay_buffer"]
-    obs, next_obs = replay["observations"].numpy(), replay["next_observations"].numpy()
-    returns, terminations = replay["rewards"].numpy(), replay["terminations"].numpy()
-    k = np.rint(np.log(replay["discounts"].numpy()) / np.log(GAMMA)).astype(int)
+    values = dict(env_id="StepReward-v0", num_envs=num_envs, n_step=n, gamma=GAMMA, total_timesteps=600,
+                  learning_starts=300, save_replay=True, hidden_sizes=(16,), eval_frequency=600)
+    summary = small(tmp_path, **values)
+    args, _ = settings(ddp, **{**SMALL, **values})
+    space = gym.make("StepReward-v0").observation_space
+    replay = ddp.FrameReplayBuffer(args.buffer_size, num_envs, space, n, GAMMA, torch.device("cpu"),
+                                   ddp.PrioritizedSampler(num_envs * -(-args.buffer_size // num_envs), 0.6, 1e-6))
+    replay.load_state_dict(torch.load(Path(summary["run_dir"]) / "replay.pt", weights_only=True)["replay"])
+    indices = complete_indices(replay)
+    leaves = replay.priorities.tree.priorities(np.arange(replay.priorities.tree.capacity))
+    assert np.array_equal(np.flatnonzero(leaves), indices)  # the saved priorities: exactly the complete transitions
+    batch = replay.batch(indices, np.ones(len(indices), dtype=np.float32))
+    obs, next_obs = batch.obs.numpy(), batch.next_obs.numpy()
+    returns, terminations = batch.returns.numpy(), batch.terminations.numpy()
+    k = np.rint(np.log(batch.discounts.numpy()) / np.log(GAMMA)).astype(int)
     assert 600 - (n - 1) * num_envs <= len(obs) <= 600  # every step, less those still waiting for rewards
     assert np.array_equal(next_obs[:, 0], obs[:, 0]) and np.array_equal(next_obs[:, 1], obs[:, 1])  # env, episode
     assert np.all((k >= 1) & (k <= n)) and np.array_equal(next_obs[:, 2], obs[:, 2] + k)
@@ -418,8 +454,9 @@ def test_frame_replay_priorities_and_n_step_batches_match_what_the_envs_returned
     envs = gym.vector.SyncVectorEnv(
         [lambda i=i: gym.wrappers.FrameStackObservation(CountingFrameEnv(i), ddp.FRAME_STACK, padding_type="reset")
          for i in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    replay = ddp.FrameReplay(40 * num_envs, num_envs, n, GAMMA, torch.device("cpu"))
-    sampler = ddp.PrioritizedSampler(num_envs * replay.slots, 0.6, 1e-6)
+    space = gym.spaces.Box(0, 255, (ddp.FRAME_STACK, 84, 84), np.uint8)
+    sampler = ddp.PrioritizedSampler(40 * num_envs, 0.6, 1e-6)
+    replay = ddp.FrameReplayBuffer(40 * num_envs, num_envs, space, n, GAMMA, torch.device("cpu"), sampler)
     every_env, rng = np.arange(num_envs), np.random.default_rng(0)
     steps: list[list[dict]] = [[] for _ in every_env]  # per env, every step as the env returned it
     obs, _ = envs.reset(seed=0)
@@ -436,13 +473,9 @@ def test_frame_replay_priorities_and_n_step_batches_match_what_the_envs_returned
                                  termination=bool(terminations[i]),
                                  episode_ended=bool(terminations[i] or truncations[i])))
         replay.add(real_next_obs, actions, rewards, terminations)
-        sampler.add(replay.completed_indices(every_env, episode_started=False))
-        sampler.remove(replay.stale_indices(every_env))
         dones = np.logical_or(terminations, truncations)
         if dones.any():
             replay.start_episodes(next_obs[dones], np.flatnonzero(dones))
-            sampler.add(replay.completed_indices(np.flatnonzero(dones), episode_started=True))
-            sampler.remove(replay.stale_indices(np.flatnonzero(dones)))
         obs = next_obs
         lowest = replay.written - replay.slots + ddp.FRAME_STACK - 1
         expected = {}
@@ -450,11 +483,12 @@ def test_frame_replay_priorities_and_n_step_batches_match_what_the_envs_returned
             for position, step in enumerate(steps[i]):
                 truth = n_step_truth(steps[i], position, n, GAMMA)
                 if step["slot"] >= lowest[i] and truth[-1]:
-                    expected[int(replay.indices(np.array(i), np.array(step["slot"])))] = (step, truth)
+                    expected[i * replay.slots + step["slot"] % replay.slots] = (step, truth)
         positive = np.flatnonzero(sampler.tree.priorities(np.arange(sampler.tree.capacity)))
         assert set(positive.tolist()) == set(expected), f"iteration {iteration}"
     assert min(replay.written) > 3 * replay.slots  # the rings wrapped around several times
-    b_obs, b_actions, b_returns, b_next_obs, b_terminations, b_discounts = replay.batch(positive)
+    b_obs, b_actions, b_returns, b_next_obs, b_terminations, b_discounts, _, _ = replay.batch(
+        positive, np.ones(len(positive), dtype=np.float32))
     for row, index in enumerate(positive):
         step, (n_step_return, next_obs_k, termination, k, _) = expected[int(index)]
         assert b_obs[row].numpy().tobytes() == step["obs"].tobytes()
@@ -488,11 +522,11 @@ def test_frame_replay_priorities_and_n_step_batches_match_what_the_envs_returned
     (dict(num_envs=0), "--num-envs must be >= 1"),
     (dict(resume="does/not/exist.pt"), "does not exist"),
     (dict(n_step=40, num_envs=4, learning_starts=100), "--learning-starts 100 must be >= --n-step x --num-envs"),
-    (dict(env_id="PongNoFrameskip-v4", buffer_size=5), "--buffer-size 5 is too small"),
+    (dict(env_id="PongNoFrameskip-v4", buffer_size=5, batch_size=4), "--buffer-size 5 is too small"),
 ])
 def test_bad_input_gives_a_clear_error_before_any_work(tmp_path, overrides, message):
     with pytest.raises(ddp.ConfigError) as error:
-        ddp.main(small_args(tmp_path, **{"batch_size": 8, "learning_starts": 100, **overrides}))
+        small(tmp_path, **{"batch_size": 8, "learning_starts": 100, **overrides})
     assert message in str(error.value)
     assert not (tmp_path / "runs").exists()
 
@@ -510,9 +544,8 @@ def test_cli_reports_several_bad_settings_in_one_line_without_traceback(tmp_path
 # ------------------------------------------------------------------------------------------------- runs, smoke, resume
 
 def test_smoke_run_on_lunar_lander_writes_the_run_files_then_resumes_with_its_priorities(tmp_path):
-    args = small_args(tmp_path, env_id="LunarLander-v3", total_timesteps=2000, learning_starts=500,
-                      eval_frequency=1000, eval_episodes=2, n_step=3, save_replay=True, seed=3)
-    summary = ddp.main(args)
+    values = dict(env_id="LunarLander-v3", learning_starts=500, eval_frequency=1000, n_step=3, save_replay=True, seed=3)
+    summary = small(tmp_path, total_timesteps=2000, eval_episodes=2, **values)
     run_dir = Path(summary["run_dir"])
     assert run_dir.name.startswith("LunarLander-v3__double_dueling_per_dqn__3__")
     saved_args = json.loads((run_dir / "args.json").read_text())
@@ -525,27 +558,29 @@ def test_smoke_run_on_lunar_lander_writes_the_run_files_then_resumes_with_its_pr
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["status"] == "finished" and saved["global_step"] == 2000 and len(saved["eval_returns"]) == 2
     assert all(-1000 < value < 400 for value in saved["eval_returns"])  # LunarLander returns
-    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    leaves = checkpoint["priorities"]["leaves"].numpy()
-    assert np.count_nonzero(leaves) == len(checkpoint["replay_buffer"]["actions"]) > 1900
+    priorities = torch.load(run_dir / "replay.pt", weights_only=True)["replay"]["priorities"]
+    leaves = priorities["leaves"].numpy()
+    assert 1900 < np.count_nonzero(leaves) <= 2000  # every complete transition of the 2000 steps
     assert len(np.unique(leaves)) > 100  # replayed transitions have their own priorities
-    resumed = ddp.main(small_args(tmp_path, env_id="LunarLander-v3", total_timesteps=2500, learning_starts=500,
-                                  eval_frequency=1000, eval_episodes=1, n_step=3, save_replay=True, seed=3,
-                                  resume=str(run_dir / "checkpoint.pt")))
+    resumed = small(tmp_path, total_timesteps=2500, eval_episodes=1, resume=str(run_dir), **values)
     assert resumed["run_dir"] == str(run_dir) and resumed["global_step"] == 2500
-    after = torch.load(run_dir / "checkpoint.pt", weights_only=True)["priorities"]
-    assert np.count_nonzero(after["leaves"].numpy()) == 2000  # the ring is full: every slot holds a transition
-    assert after["max_priority"] >= checkpoint["priorities"]["max_priority"]
+    args, _ = settings(ddp, **{**SMALL, **values})
+    replay = ddp.FrameReplayBuffer(args.buffer_size, 1, gym.make("LunarLander-v3").observation_space, 3, args.gamma,
+                                   torch.device("cpu"), ddp.PrioritizedSampler(args.buffer_size, 0.6, 1e-6))
+    replay.load_state_dict(torch.load(run_dir / "replay.pt", weights_only=True)["replay"])
+    assert replay.written[0] > replay.slots  # the ring is full and wrapped: old transitions left the tree
+    after = replay.priorities.tree.priorities(np.arange(args.buffer_size))
+    assert np.array_equal(np.flatnonzero(after), complete_indices(replay))
+    assert replay.priorities.max_priority >= priorities["max_priority"]
 
 
 def test_every_extension_switched_off_still_trains_and_evaluates_a_checkpoint(tmp_path):
-    summary = ddp.main(small_args(tmp_path, double=False, dueling=False, prioritized=False, total_timesteps=600,
-                                  seed=2))
+    summary = small(tmp_path, double=False, dueling=False, prioritized=False, total_timesteps=600, seed=2)
     rows = read_metrics(summary["run_dir"])
     names = {name for _, name, _ in rows}
     assert "losses/td_loss" in names and "charts/beta" not in names
     checkpoint = torch.load(Path(summary["run_dir"]) / "checkpoint.pt", weights_only=True)
-    assert checkpoint["priorities"] is None and not any("value_head" in key for key in checkpoint["q_network"])
+    assert not any("value_head" in key for key in checkpoint["state"]["q_network"])
     result = run_script([sys.executable, "double_dueling_per_dqn.py", "--eval-checkpoint",
                          str(Path(summary["run_dir"]) / "best.pt"), "--eval-episodes", "2"])
     assert result.returncode == 0, result.stderr
@@ -553,17 +588,16 @@ def test_every_extension_switched_off_still_trains_and_evaluates_a_checkpoint(tm
 
 
 def test_smoke_run_on_real_pong_with_every_extension_on_and_3_step_returns(tmp_path):
-    args = small_args(tmp_path, env_id="PongNoFrameskip-v4", total_timesteps=320, learning_starts=200,
-                      buffer_size=1000, batch_size=16, hidden_sizes=(64,), train_frequency=8, eval_frequency=10**6,
-                      eval_episodes=1, eval_epsilon=0.05, noop_max=2, n_step=3)
-    summary = ddp.main(args)
+    summary = small(tmp_path, env_id="PongNoFrameskip-v4", total_timesteps=320, learning_starts=200, buffer_size=1000,
+                    batch_size=16, hidden_sizes=(64,), train_frequency=8, eval_frequency=10**6, eval_episodes=1,
+                    eval_epsilon=0.05, noop_max=2, n_step=3)
     run_dir = Path(summary["run_dir"])
     assert run_dir.name.startswith("PongNoFrameskip-v4__double_dueling_per_dqn__1__")
     rows = read_metrics(run_dir)
     assert [name for _, name, _ in rows].count("eval/episodic_return") == 1
     assert -21 <= summary["eval_mean"] <= 21  # one full game of Pong: the raw score, not clipped, not cut at a point
-    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert "torso.0.weight" in checkpoint["q_network"] and "value_head.2.weight" in checkpoint["q_network"]
+    q_network = torch.load(run_dir / "checkpoint.pt", weights_only=True)["state"]["q_network"]
+    assert "torso.0.weight" in q_network and "value_head.2.weight" in q_network
     assert (run_dir / "summary.json").exists() and (run_dir / "args.json").exists()
 
 
@@ -573,7 +607,7 @@ def test_every_flag_the_readme_mentions_for_this_script_exists():
     for line in readme.splitlines():
         if "double_dueling_per_dqn.py --" in line or "python double_dueling_per_dqn.py" in line:
             flags |= set(re.findall(r"--([a-z][a-z0-9-]*)", line.split("#")[0]))
-    known = {field.replace("_", "-") for field in ddp.Args.__dataclass_fields__}
+    known = {name.replace("_", "-") for kind in (ddp.Args, ddp.RunArgs) for name in kind.__dataclass_fields__}
     known |= {"no-" + name for name in known} | {"help"}
     if "## double_dueling_per_dqn.py" not in readme:
         pytest.skip("no README section yet")

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -17,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dqn_atari  # noqa: E402
-from dqn_atari import (FRAME_STACK, Args, ConfigError, FrameReplayBuffer, QNetwork, env_spaces,  # noqa: E402
-                       load_checkpoint, main, make_env)
+from conftest import settings, train  # noqa: E402
+from dqn_atari import FRAME_STACK, ConfigError, FrameReplayBuffer, QNetwork, make_env  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -114,9 +115,8 @@ def assert_rebuilds_every_transition(replay_buffer: FrameReplayBuffer, truth: di
     assert {key for key in truth if key[1] >= oldest[key[0]]} == set(keys)
     env_indices = np.array([e for e, _ in keys])
     slots = np.array([j for _, j in keys])
-    obs_slots, next_obs_slots = replay_buffer.stack_slots(env_indices, slots)
-    obs = replay_buffer._gather(env_indices, obs_slots).numpy()
-    next_obs = replay_buffer._gather(env_indices, next_obs_slots).numpy()
+    obs = replay_buffer.gather(env_indices, slots).numpy()
+    next_obs = replay_buffer.gather(env_indices, slots + 1).numpy()
     ring = slots % replay_buffer.slots
     for k, key in enumerate(keys):
         true_obs, true_next_obs, action, reward, termination = truth[key]
@@ -136,6 +136,7 @@ def test_frame_replay_rebuilds_obs_and_next_obs_byte_identical_across_episodes_t
     replay_buffer = FrameReplayBuffer(40 * num_envs, num_envs, torch.device("cpu"))
     if storage == "torch":  # the --replay-on-gpu code path (frames in a torch tensor), here on the CPU
         replay_buffer.frames = torch.zeros(replay_buffer.frames.shape, dtype=torch.uint8)
+        replay_buffer.storage_device = torch.device("cpu")
     recorder = Recorder(envs, replay_buffer, seed=num_envs)
     for _ in range(12):  # check before the ring is full, around the first wrap, and laps later
         recorder.run(17)
@@ -145,6 +146,7 @@ def test_frame_replay_rebuilds_obs_and_next_obs_byte_identical_across_episodes_t
     # sample() returns the same stacks, as torch tensors with the dtypes the update needs
     env_indices, slots = replay_buffer.sample_indices(64, np.random.default_rng(7))
     b_obs, b_actions, b_rewards, b_next_obs, b_terminations = replay_buffer.sample(64, np.random.default_rng(7))
+    assert sampleable(replay_buffer) >= set(zip(env_indices.tolist(), slots.tolist()))
     assert b_obs.dtype == torch.uint8 and b_obs.shape == (64, FRAME_STACK, 84, 84) and b_next_obs.shape == b_obs.shape
     assert b_actions.dtype == torch.int64 and b_rewards.dtype == torch.float32 and b_terminations.dtype == torch.float32
     for k, key in enumerate(zip(env_indices.tolist(), slots.tolist())):
@@ -184,7 +186,10 @@ def test_frame_replay_is_byte_identical_on_real_atari_with_life_losses_and_trunc
 def test_frame_replay_stores_each_frame_once_within_7200_bytes_per_transition():
     replay_buffer = FrameReplayBuffer(10_000, 4, torch.device("cpu"))
     assert replay_buffer.frames.nbytes == 10_000 * 84 * 84  # one 84x84 frame per slot, no stacks, no next_obs copy
-    assert replay_buffer.nbytes() / 10_000 <= 7200
+    arrays = (replay_buffer.frames, replay_buffer.actions, replay_buffer.rewards, replay_buffer.terminations,
+              replay_buffer.first)
+    assert sum(array.nbytes for array in arrays) / 10_000 <= 7200
+    assert FrameReplayBuffer.bytes_needed(10_000) == sum(array.nbytes for array in arrays)
 
 
 def test_nature_cnn_maps_a_batch_of_uint8_stacks_to_one_q_value_per_action():
@@ -195,7 +200,7 @@ def test_nature_cnn_maps_a_batch_of_uint8_stacks_to_one_q_value_per_action():
     # Mnih et al. 2015: 32 8x8/4, 64 4x4/2, 64 3x3/1, 512 units, one output per action
     expected = (4 * 32 * 64 + 32) + (32 * 64 * 16 + 64) + (64 * 64 * 9 + 64) + (3136 * 512 + 512) + (512 * 6 + 6)
     assert sum(p.numel() for p in q_network.parameters()) == expected
-    actions = q_network.greedy_actions(obs)
+    actions = dqn_atari.greedy_actions(q_network, obs)  # the torch path: the network scales the uint8 frames
     assert actions.shape == (5,) and np.array_equal(actions, q_values.argmax(dim=1).numpy())
 
 
@@ -232,7 +237,8 @@ def test_evaluation_env_plays_full_games_and_reports_the_raw_score():
                 EndOfEpisode.ends.append((self.env.unwrapped.ale.lives(), info["episode"]["r"]))
             return obs, reward, terminated, truncated, info
 
-    returns = dqn_atari.evaluate(QNetwork(4), lambda: EndOfEpisode(eval_env), n_episodes=1, epsilon=1.0, seed=0)
+    policy = partial(dqn_atari.epsilon_greedy, QNetwork(4))
+    returns = dqn_atari.evaluate(policy, lambda: EndOfEpisode(eval_env), n_episodes=1, epsilon=1.0, seed=0)
     assert len(EndOfEpisode.ends) == 1
     lives_left, episode_return = EndOfEpisode.ends[0]
     assert lives_left == 0, "evaluation ended an episode at a lost life, not at game over"
@@ -242,16 +248,16 @@ def test_evaluation_env_plays_full_games_and_reports_the_raw_score():
 @pytest.mark.parametrize("env_id, message", [("CartPole-v1", "needs an Atari env"),
                                              ("FooNoFrameskip-v4", "doesn't exist")])
 def test_non_atari_or_unknown_game_is_a_config_error(env_id, message):
-    with pytest.raises(ConfigError, match=message):
-        env_spaces(env_id)
+    assert any(message in problem for problem in dqn_atari.check_args(*settings(dqn_atari, env_id=env_id)))
 
 
-@pytest.mark.parametrize("settings, message", [(dict(replay_on_gpu=True), "--replay-on-gpu needs --cuda"),
-                                                (dict(num_envs=8, buffer_size=40), "too small for 8 envs"),
-                                                (dict(noop_max=-1), "--noop-max must be >= 0")])
-def test_inconsistent_settings_are_config_errors(settings, message):
+@pytest.mark.parametrize("overrides, message", [(dict(replay_on_gpu=True), "--replay-on-gpu needs --cuda"),
+                                                 (dict(num_envs=8, buffer_size=40, batch_size=32),
+                                                  "too small for 8 envs"),
+                                                 (dict(noop_max=-1), "--noop-max must be >= 0")])
+def test_inconsistent_settings_are_config_errors(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
-        dqn_atari.check_args(Args(**settings))
+        dqn_atari.Run(*settings(dqn_atari, runs_dir=str(tmp_path), **overrides))
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "FooNoFrameskip-v4"])
@@ -268,12 +274,12 @@ def test_cli_reports_bad_env_in_one_line_without_traceback_or_files(env_id, tmp_
 
 def test_checkpoints_of_other_scripts_or_games_are_refused(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    torch.save({"script": "dqn", "env_id": "CartPole-v1"}, path)
+    torch.save({"script": "dqn", "env_id": "CartPole-v1", "global_step": 10}, path)
     with pytest.raises(ConfigError, match="not a dqn_atari.py checkpoint"):
-        load_checkpoint(str(path), "PongNoFrameskip-v4")
-    torch.save({"script": "dqn_atari", "env_id": "BreakoutNoFrameskip-v4"}, path)
+        dqn_atari.Run(*settings(dqn_atari, resume=str(path)))
+    torch.save({"script": "dqn_atari", "env_id": "BreakoutNoFrameskip-v4", "global_step": 10}, path)
     with pytest.raises(ConfigError, match="trained on BreakoutNoFrameskip-v4"):
-        load_checkpoint(str(path), "PongNoFrameskip-v4")
+        dqn_atari.Run(*settings(dqn_atari, eval_checkpoint=str(path)))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -282,9 +288,9 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def test_smoke_run_on_pong_writes_run_files_then_resumes_with_its_replay(tmp_path, monkeypatch):
-    settings = dict(env_id="PongNoFrameskip-v4", runs_dir=str(tmp_path), buffer_size=4000, learning_starts=1000,
-                    eval_frequency=1000, eval_episodes=1, save_replay=True)
-    summary = main(Args(total_timesteps=1500, **settings))
+    values = dict(env_id="PongNoFrameskip-v4", runs_dir=str(tmp_path), buffer_size=4000, learning_starts=1000,
+                  eval_frequency=1000, eval_episodes=1, save_replay=True)
+    summary = train(dqn_atari, total_timesteps=1500, **values)
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == tmp_path
     for name in ["args.json", "metrics.csv", "summary.json", "checkpoint.pt", "best.pt", "replay.pt"]:
@@ -300,18 +306,16 @@ def test_smoke_run_on_pong_writes_run_files_then_resumes_with_its_replay(tmp_pat
     assert all(math.isfinite(float(row["value"])) for row in rows)
     # a random Pong game is lost 21 points to at most a few: a raw, unclipped, whole-game score
     assert all(-21 <= float(row["value"]) <= -15 for row in rows if row["name"] == "charts/episodic_return")
-    frames_before = saved["replay_frames"]
+    frames_before = saved["replay_size"]
 
-    # `--resume` alone restores the checkpoint's settings (cli) and the replay (replay.pt)
-    monkeypatch.setattr(sys, "argv", ["dqn_atari.py", "--resume", str(run_dir / "checkpoint.pt"),
-                                      "--total-timesteps", "1700"])
-    args = dqn_atari.cli()
-    assert args.buffer_size == 4000 and args.save_replay and args.total_timesteps == 1700
-    resumed = main(args)
+    # `--resume` alone restores the checkpoint's settings (the command line) and the replay (replay.pt)
+    args, run_args = dqn_atari.parse_command_line(["--resume", str(run_dir), "--total-timesteps", "1700"])
+    assert args.buffer_size == 4000 and run_args.save_replay and args.total_timesteps == 1700
+    resumed = dqn_atari.main(args, run_args)
     assert resumed["run_dir"] == str(run_dir) and resumed["global_step"] == 1700
-    assert resumed["replay_frames"] >= frames_before + 200 + 1, "the saved replay was not restored"
+    assert resumed["replay_size"] >= frames_before + 200 + 1, "the saved replay was not restored"
     steps = [int(row["global_step"]) for row in read_metrics(run_dir / "metrics.csv")]
     assert max(steps) == 1700
 
-    evaluated = main(Args(env_id="PongNoFrameskip-v4", eval_checkpoint=str(run_dir / "best.pt"), eval_episodes=1))
+    evaluated = train(dqn_atari, eval_checkpoint=str(run_dir / "best.pt"), eval_episodes=1)
     assert evaluated["global_step"] in (1000, 1500) and -21 <= evaluated["eval_mean"] <= 21

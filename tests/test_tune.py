@@ -68,11 +68,11 @@ def test_tiny_study_completes_with_sqlite_and_writes_best_parameters(tmp_path):
 
     command = result["command"].split()
     assert command[:2] == ["python", "dqn.py"]
-    args = tyro.cli(dqn.Args, args=command[2:])
+    args, run_args = dqn.parse_command_line(command[2:])
     assert args.learning_rate == best.params["learning-rate"] and args.gamma == best.params["gamma"]
     assert args.batch_size == best.params["batch-size"]
     assert args.hidden_sizes == tuple(int(size) for size in best.params["hidden-sizes"].split())
-    assert args.total_timesteps == 1000 and args.seed == 1
+    assert args.total_timesteps == 1000 and run_args.seed == 1
 
 
 def test_interrupted_study_resumes_and_the_pruner_stops_a_hopeless_trial_and_its_run(tmp_path):
@@ -105,9 +105,11 @@ def test_interrupted_study_resumes_and_the_pruner_stops_a_hopeless_trial_and_its
 
 
 def assert_stopped(trial_dir: Path) -> None:
-    """The trial's run was stopped early: no summary, far from its 100,000 steps, and not writing any more."""
+    """The trial's run was stopped early: interrupted (by the SIGTERM it was sent), far from its 100,000 steps, and
+    not writing any more."""
     [metrics] = trial_dir.glob("*/metrics.csv")
-    assert not (metrics.parent / "summary.json").exists()
+    summary = metrics.parent / "summary.json"
+    assert not summary.exists() or json.loads(summary.read_text())["status"] == "interrupted"
     assert max_logged_step(metrics.parent) < 100_000
     size = metrics.stat().st_size
     time.sleep(1.0)
@@ -126,11 +128,7 @@ import tyro
 
 @dataclass
 class Args:
-    seed: int = 1
-    save_model: bool = True
-    runs_dir: str = "runs"
     total_timesteps: int = 300
-    eval_frequency: int = 100
     learning_rate: float = 2.5e-4
     gamma: float = 0.99
     batch_size: int = 128
@@ -139,8 +137,34 @@ class Args:
     hidden_sizes: tuple[int, ...] = (120, 84)
 
 
+@dataclass
+class RunArgs:
+    seed: int = 1
+    save_model: bool = True
+    runs_dir: str = "runs"
+    eval_frequency: int = 100
+
+
+@dataclass
+class Settings(Args, RunArgs):
+    pass
+
+
+def parse_command_line(argv=None):
+    settings = tyro.cli(Settings, args=argv)
+    return settings, settings
+
+
+def general_problems(args, run_args):
+    return []
+
+
+def check_args(args, run_args):
+    return []
+
+
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args, _ = parse_command_line()
     run_dir = Path(args.runs_dir) / f"Stub-v0__stub__{args.seed}__{time.time_ns()}"
     run_dir.mkdir(parents=True)
     final = 100.0 - 20.0 * abs(math.log10(args.learning_rate) + 3.0) - args.batch_size / 64
@@ -223,10 +247,12 @@ def test_search_space_overrides_fixed_flags_and_scripts_without_widths(tmp_path)
     assert tune.flag_argv("track", False, bool) == ["--no-track"]
     # an Atari-like script without --hidden-sizes: the width is not searched
     fake = tmp_path / "dqn_atari.py"
-    fake.write_text("from dataclasses import dataclass\n\n@dataclass\nclass Args:\n    seed: int = 1\n"
-                    "    runs_dir: str = 'runs'\n    total_timesteps: int = 10\n    learning_rate: float = 1e-4\n"
+    fake.write_text("from dataclasses import dataclass\n\n@dataclass\nclass Args:\n"
+                    "    total_timesteps: int = 10\n    learning_rate: float = 1e-4\n"
                     "    gamma: float = 0.99\n    batch_size: int = 32\n    target_network_frequency: int = 1000\n"
-                    "    exploration_fraction: float = 0.1\n")
+                    "    exploration_fraction: float = 0.1\n\n@dataclass\nclass RunArgs:\n    seed: int = 1\n"
+                    "    runs_dir: str = 'runs'\n\n"
+                    "parse_command_line = general_problems = check_args = None\n")
     space, notes = tune.build_space(tune.load_script(str(fake)), (), [])
     assert set(space) == {"learning-rate", "gamma", "batch-size", "target-network-frequency", "exploration-fraction"}
     with pytest.raises(tune.TuneError, match="dqn_atari.py has no flag --hidden-sizes"):
@@ -240,7 +266,7 @@ def test_each_script_loads_with_a_search_space_around_its_own_defaults(name):
     script = tune.load_script(name)
     space, notes = tune.build_space(script, (), [])
     assert not notes, notes  # every flag of the script's space exists in the script
-    defaults = script.parse([])
+    defaults, _ = script.parse([])
     for flag, distribution in space.items():
         default = getattr(defaults, flag.replace("-", "_"))
         if distribution.field_type is tuple:

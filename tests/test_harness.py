@@ -1,0 +1,319 @@
+"""Tests of the harness, the text below `# %% Harness` that all four scripts share byte for byte: its shape (the same
+text everywhere, the line budgets), the checks of bad input (one line, nothing written), signals, divergence, the
+logging rhythm across a resume, and the NumPy forward pass of the greedy action."""
+
+import dataclasses
+import difflib
+import importlib
+import json
+import math
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dqn
+from conftest import ROOT, SCRIPTS, read_metrics, run_script, settings, train
+
+MARKER = "# %% Harness"
+# lines from the top of each file to the marker, and the length of each file before this shape (which it must beat)
+BUDGETS = {"dqn.py": (300, 713), "dqn_lunar.py": (300, 733), "dqn_atari.py": (400, 799),
+           "double_dueling_per_dqn.py": (600, 1284)}
+FAST = dict(total_timesteps=3000, learning_starts=500, eval_frequency=1500, eval_episodes=2)
+
+
+def split_at_marker(script: str) -> tuple[list[str], list[str]]:
+    lines = (ROOT / script).read_text().splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith(MARKER)]
+    assert len(starts) == 1, f"{script}: {len(starts)} lines start with {MARKER!r}"
+    return lines[:starts[0]], lines[starts[0]:]
+
+
+# ------------------------------------------------------------------------------------------------------------ shape
+
+def test_the_harness_is_the_same_text_in_every_script():
+    harnesses = {script: "".join(split_at_marker(script)[1]) for script in SCRIPTS}
+    for script, text in harnesses.items():
+        diff = list(difflib.unified_diff(harnesses["dqn.py"].splitlines(), text.splitlines(), "dqn.py", script,
+                                         lineterm="", n=0))
+        assert not diff, "the harness must be copied unchanged:\n" + "\n".join(diff[:40])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_script_keeps_its_line_budget_and_is_shorter_than_before(script):
+    algorithm, harness = split_at_marker(script)
+    budget, before = BUDGETS[script]
+    assert len(algorithm) <= budget, f"{script}: {len(algorithm)} lines above the harness, budget {budget}"
+    assert len(harness) <= 450, f"the harness has {len(harness)} lines, budget 450"
+    assert len(algorithm) + len(harness) < before
+    assert max(len(line.rstrip("\n")) for line in algorithm + harness) <= 120
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_training_loop_fits_on_one_screen(script):
+    algorithm, _ = split_at_marker(script)
+    start = next(i for i, line in enumerate(algorithm) if "for global_step in run.steps(" in line)
+    end = next(i for i, line in enumerate(algorithm[start + 1:], start + 1)
+               if line.strip() and not line.startswith(" " * 8))
+    assert end - start <= 60, f"{script}: the loop takes {end - start} lines"
+
+
+def test_double_dueling_per_dqn_on_a_vector_env_imports_neither_ale_py_nor_sb3(tmp_path):
+    code = ("import sys; sys.path.insert(0, '.'); import double_dueling_per_dqn as d; "
+            "from tests.conftest import train; "
+            f"train(d, env_id='CartPole-v1', total_timesteps=300, learning_starts=100, batch_size=16, "
+            f"buffer_size=500, hidden_sizes=(8,), eval_episodes=1, runs_dir={str(tmp_path)!r}); "
+            "loaded = [name for name in ('ale_py', 'stable_baselines3') if name in sys.modules]; "
+            "sys.exit(f'imported {loaded}' if loaded else 0)")
+    result = run_script([sys.executable, "-c", code])
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# -------------------------------------------------------------------------------------------------------- bad input
+
+def float_fields(module) -> list[str]:
+    return [field.name for kind in (module.Args, module.RunArgs) for field in dataclasses.fields(kind)
+            if "float" in str(field.type)]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_float_setting_must_be_finite(script, value, tmp_path):
+    module = importlib.import_module(script[:-3])
+    names = float_fields(module)
+    assert {"learning_rate", "gamma", "tau", "eval_epsilon", "target_return", "max_grad_norm"} <= set(names)
+    for name in names:
+        with pytest.raises(module.ConfigError, match=f"--{name.replace('_', '-')} must be a finite number"):
+            module.Run(*settings(module, runs_dir=str(tmp_path / "runs"), **{name: value}))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--learning-rate", "nan"], "--learning-rate must be a finite number (got nan)"),
+    (["--learning-rate", "inf", "--gamma", "2"], "--learning-rate must be a finite number (got inf); --gamma must be "
+                                                  "in [0, 1] (got 2.0)"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32 - 1]"),
+    (["--seed", str(2**32)], "--seed must be in [0, 2**32 - 1]"),
+    (["--hidden-sizes"], "--hidden-sizes needs one or more widths >= 1 (got [])"),
+    (["--hidden-sizes", "64", "0"], "--hidden-sizes needs one or more widths >= 1"),
+    (["--buffer-size", str(10**14), "--batch-size", "32"], "the replay buffer needs 4,800,000.0 GB and the machine has"),
+    (["--env-id", "PongNoFrameskip-v4"], "(an Atari game: use dqn_atari.py)"),
+    (["--env-id", "Pendulum-v1"], "dqn.py needs a Discrete action space"),
+    (["--resume", "does/not/exist.pt"], "checkpoint 'does/not/exist.pt' does not exist"),
+    (["--resume", "x.pt", "--eval-checkpoint", "x.pt"], "does not exist"),
+])
+def test_bad_input_is_one_line_on_stderr_and_nothing_is_written(flags, message, tmp_path):
+    result = run_script([sys.executable, "dqn.py", *flags, "--runs-dir", str(tmp_path / "runs")], cwd=ROOT)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr, \
+        result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_runs_dir_that_cannot_be_made_is_refused(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(dqn.ConfigError, match="cannot be made: .*a_file is not a writable directory"):
+        dqn.Run(*settings(dqn, runs_dir=str(tmp_path / "a_file" / "runs")))
+
+
+def test_a_replay_larger_than_the_free_memory_is_refused_before_it_is_allocated(tmp_path):
+    run = dqn.Run(*settings(dqn, runs_dir=str(tmp_path)))
+    with open("/proc/meminfo") as meminfo:
+        free = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    run.check_memory(int(0.5 * free), "--buffer-size")  # fits
+    with pytest.raises(dqn.ConfigError, match=r"needs [\d,.]+ GB and the machine has [\d,.]+ GB available: lower "
+                                              r"--buffer-size"):
+        run.check_memory(int(0.9 * free), "--buffer-size")  # would fit, but leave nothing for the rest
+    # a CartPole replay of 0.9 x the free memory: refused with no numpy allocation, nothing written
+    transitions = int(0.9 * free) // dqn.ReplayBuffer.bytes_needed(1, (4,))
+    with pytest.raises(dqn.ConfigError, match="the replay buffer needs"):
+        train(dqn, buffer_size=transitions, runs_dir=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_frame_ring_too_small_for_n_step_transitions_is_refused(tmp_path):
+    import double_dueling_per_dqn as ddp
+
+    with pytest.raises(ddp.ConfigError, match="too small for 1 envs: with --n-step 3, each env's part of the replay "
+                                              "needs at least 8 slots"):
+        ddp.Run(*settings(ddp, env_id="PongNoFrameskip-v4", n_step=3, buffer_size=7, batch_size=4, learning_starts=4,
+                          runs_dir=str(tmp_path)))
+    ddp.Run(*settings(ddp, env_id="PongNoFrameskip-v4", n_step=3, buffer_size=8, batch_size=4, learning_starts=4,
+                      runs_dir=str(tmp_path)))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A short finished CartPole run of dqn.py, with its replay saved."""
+    runs_dir = tmp_path_factory.mktemp("finished")
+    return Path(train(dqn, total_timesteps=2000, learning_starts=1000, eval_frequency=1000, eval_episodes=2,
+                      save_replay=True, runs_dir=str(runs_dir))["run_dir"])
+
+
+class NotATensor:
+    """Something pickle can store and weights_only refuses to load."""
+
+
+@pytest.mark.parametrize("content, message", [
+    ("truncated", "it is truncated or corrupted"), (b"not a checkpoint at all", "it is truncated or corrupted"),
+    ("python object", "holds Python objects, which are not loaded")])
+def test_an_unreadable_checkpoint_is_one_line_of_ours(content, message, finished_run, tmp_path):
+    path = tmp_path / "bad.pt"
+    if content == "truncated":
+        data = (finished_run / "checkpoint.pt").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif content == "python object":
+        torch.save({"global_step": 1, "thing": NotATensor()}, path, pickle_module=pickle)
+    else:
+        path.write_bytes(content)
+    for flag in ("--resume", "--eval-checkpoint"):
+        result = run_script([sys.executable, "dqn.py", flag, str(path)])
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert "weights_only=False" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resume_takes_a_run_directory_and_its_settings(finished_run):
+    result = run_script([sys.executable, "dqn.py", "--resume", str(finished_run) + "/", "--total-timesteps", "2500"])
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {finished_run} at step 2,000" in result.stdout and "empty replay" not in result.stdout
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["global_step"] == 2500
+    assert json.loads((finished_run / "args.json").read_text())["learning_starts"] == 1000  # the saved settings
+    refused = run_script([sys.executable, "dqn.py", "--resume", str(finished_run)])
+    assert refused.returncode == 2 and "has run 2,500 steps: more need --total-timesteps" in refused.stderr
+
+
+def test_help_into_a_closed_pipe_prints_no_traceback():
+    result = subprocess.run(f"{sys.executable} dqn.py --help | head -n 2", shell=True, cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.startswith("usage: dqn.py") and result.stderr == ""
+
+
+def test_help_shows_the_algorithm_and_the_run_options_with_their_sources():
+    result = run_script([sys.executable, "dqn.py", "--help"], env_extra={"COLUMNS": "200"})
+    assert result.returncode == 0
+    assert "algorithm options" in result.stdout and "run options" in result.stdout
+    for text in ["--target-network-frequency", "env steps between target network updates", "--eval-frequency",
+                 "--resume", "a run directory (or its checkpoint.pt) to continue"]:
+        assert text in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------- during a run
+
+def start_training(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen, Path]:
+    runs_dir = tmp_path / "runs"
+    out, err = open(tmp_path / "out.txt", "w"), open(tmp_path / "err.txt", "w")  # files: a full pipe would block
+    # a test run started in the background has SIGINT ignored, and a child would inherit that: restore the default
+    process = subprocess.Popen([sys.executable, "dqn.py", "--total-timesteps", "200000", "--learning-starts", "500",
+                                "--eval-frequency", "100000", "--runs-dir", str(runs_dir), *flags], cwd=ROOT,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out, stderr=err,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 240
+    while time.time() < deadline and not any("losses/td_loss" in path.read_text()
+                                              for path in runs_dir.glob("*/metrics.csv")):
+        assert process.poll() is None, (tmp_path / "err.txt").read_text()
+        time.sleep(0.2)  # wait until it is training
+    return process, runs_dir
+
+
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_a_checkpoint_at_the_current_step_and_the_run_resumes(signum, exit_code, tmp_path):
+    process, runs_dir = start_training(tmp_path)
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"no exit after the signal; stderr: {(tmp_path / 'err.txt').read_text()[-2000:]}")
+    stderr = (tmp_path / "err.txt").read_text()
+    assert process.returncode == exit_code, stderr
+    assert f"{signal.Signals(signum).name} at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    run_dir = next(runs_dir.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == signal.Signals(signum).name
+    assert summary["eval_mean"] is None  # an earlier evaluation is not this run's result
+    step = torch.load(run_dir / "checkpoint.pt", weights_only=True)["global_step"]
+    assert step == summary["global_step"] > 500
+    result = run_script([sys.executable, "dqn.py", "--resume", str(run_dir), "--total-timesteps", str(step + 1000),
+                         "--eval-episodes", "2"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == step + 1000
+
+
+def test_a_diverging_run_stops_at_once_exits_non_zero_and_keeps_the_last_finite_checkpoint(tmp_path):
+    result = run_script([sys.executable, "dqn.py", "--learning-rate", "1e30", "--total-timesteps", "20000",
+                         "--learning-starts", "500", "--eval-frequency", "400", "--eval-episodes", "1",
+                         "--runs-dir", str(tmp_path)])
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    match = re.search(r"error: the (TD loss|mean Q-value) is (nan|inf) at step ([\d,]+): the Q-network diverged.*"
+                      r"--learning-rate 1e\+30", result.stderr)
+    assert match, result.stderr
+    run_dir = next(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["global_step"] == int(match.group(3).replace(",", ""))
+    assert summary["global_step"] < 2000  # stopped at once, not at the end of the run
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["global_step"] < summary["global_step"]
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state"]["q_network"].values())
+
+
+def test_after_a_resume_the_losses_keep_their_logging_rhythm(tmp_path):
+    first = train(dqn, total_timesteps=2000, learning_starts=1000, eval_frequency=1000, eval_episodes=1,
+                  save_replay=True, runs_dir=str(tmp_path))
+    train(dqn, total_timesteps=4000, learning_starts=1000, eval_frequency=1000, eval_episodes=1, save_replay=True,
+          resume=first["run_dir"])
+    steps = [step for step, name, _ in read_metrics(first["run_dir"]) if name == "losses/td_loss"]
+    assert steps == list(range(1400, 4001, 400))  # every 100 gradient steps, one every 4 env steps, on both sides
+
+
+# ------------------------------------------------------------------------------------------------- the harness API
+
+@pytest.mark.parametrize("step, n, every, expected", [(10, 1, 10, 1), (9, 1, 10, 0), (12, 3, 10, 1), (9, 3, 10, 0),
+                                                      (40, 16, 4, 4), (30, 3, 10, 1), (33, 3, 10, 0)])
+def test_due_counts_the_multiples_that_one_iteration_crosses(step, n, every, expected):
+    assert dqn.Run.due(types.SimpleNamespace(global_step=step, num_envs=n), every) == expected
+
+
+def test_greedy_actions_in_numpy_follow_the_network_through_training_loading_and_moves():
+    torch.manual_seed(0)
+    network = dqn.QNetwork(4, 5, (16, 16))
+    obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+
+    def torch_argmax():
+        with torch.no_grad():
+            return network(torch.from_numpy(obs)).argmax(dim=1).numpy()
+
+    assert np.array_equal(dqn.greedy_actions(network, obs), torch_argmax())
+    assert network.__dict__["numpy_views"][2] is not None  # the NumPy path was taken
+    before = torch_argmax()
+    optimizer = torch.optim.Adam(network.parameters(), lr=0.5, fused=True)
+    for _ in range(3):  # large steps: the greedy actions must change, and the NumPy path must follow
+        optimizer.zero_grad()
+        (network(torch.from_numpy(obs))[:, 0] ** 2).mean().backward()
+        optimizer.step()
+    assert not np.array_equal(before, torch_argmax())
+    assert np.array_equal(dqn.greedy_actions(network, obs), torch_argmax())
+    network.load_state_dict(dqn.QNetwork(4, 5, (16, 16)).state_dict())
+    assert np.array_equal(dqn.greedy_actions(network, obs), torch_argmax())
+    network.double().float()  # replaces the parameters' storage: the NumPy views must follow
+    with torch.no_grad():
+        network[0].weight.mul_(-1.0)
+    assert np.array_equal(dqn.greedy_actions(network, obs), torch_argmax())
+
+
+def test_greedy_actions_of_any_other_network_run_in_torch():
+    network = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    obs = np.random.default_rng(1).normal(size=(16, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = network(torch.from_numpy(obs)).argmax(dim=1).numpy()
+    assert np.array_equal(dqn.greedy_actions(network, obs), expected)
+    assert network.__dict__["numpy_views"] == (None, None, None)  # decided once: torch
