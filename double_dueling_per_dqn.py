@@ -2,17 +2,16 @@
 
 The best-known extensions of DQN (Mnih et al. 2015, "Human-level control through deep reinforcement learning"), on
 dqn_atari.py's code, so that a diff against it shows what each one adds:
-  --double       van Hasselt, Guez & Silver 2016, "Deep Reinforcement Learning with Double Q-learning" (AAAI): the
-                 online network picks the next action, the target network values it;
-  --dueling      Wang et al. 2016, "Dueling Network Architectures for Deep Reinforcement Learning" (ICML): the network
-                 ends in a value and an advantage stream, Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a');
+  --double       van Hasselt, Guez & Silver 2016, "Deep Reinforcement Learning with Double Q-learning": the online
+                 network picks the next action, the target network values it;
+  --dueling      Wang et al. 2016, "Dueling Network Architectures for Deep Reinforcement Learning": Q(s, a) = V(s) +
+                 A(s, a) - mean_a' A(s, a'), from a value and an advantage stream;
   --prioritized  Schaul et al. 2016, "Prioritized Experience Replay" (ICLR), proportional variant: transitions are
                  replayed with probability proportional to (|TD error| + epsilon)^alpha, drawn from a sum-tree, and the
                  bias this brings is corrected by importance-sampling weights whose exponent beta goes to 1;
   --n-step N     n-step returns, as in Rainbow (Hessel et al. 2018), cut at episode ends (off by default: N = 1).
-The first three are on by default (--no-double, --no-dueling, --no-prioritized switch them off). Vector observations
-get an MLP, Atari ids dqn_atari.py's wrappers and CNN; both use its replay, which stores each observation (each frame,
-on Atari) once. The README lists every departure from the papers.
+The first three are on by default (--no-double, --no-dueling, --no-prioritized). Vector observations get an MLP, Atari
+ids dqn_atari.py's wrappers and CNN, both its replay; the README lists every departure from the papers.
 
     python double_dueling_per_dqn.py                                  # LunarLander-v3, the three extensions on
     python double_dueling_per_dqn.py --no-prioritized --seed 2        # an ablation: uniform replay
@@ -20,8 +19,7 @@ on Atari) once. The README lists every departure from the papers.
         1000000 --learning-rate 6.25e-5 --batch-size 32 --learning-starts 80000 --target-network-frequency 1000 \\
         --exploration-fraction 0.1 --end-e 0.01 --hidden-sizes 512 --eval-frequency 250000 --eval-epsilon 0.05
 
-Reproduces: on LunarLander-v3 with seeds 1-3 and the extensions on, an evaluation mean of 200 about twice as early as
-dqn_lunar.py with the same settings; see the README for the comparison and the ablation table.
+Reproduces: LunarLander-v3 landed (an evaluation mean of 200) earlier than with dqn_lunar.py; see the README.
 """
 
 import math
@@ -35,8 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-FRAME_STACK = 4  # frames per Atari observation (Mnih et al. 2015: the agent history length m = 4)
-FRAME_SHAPE = (84, 84)  # one grayscale frame after SB3's WarpFrame
+FRAME_STACK, FRAME_SHAPE = 4, (84, 84)  # frames per Atari observation (Mnih et al. 2015: m = 4), and their shape
 
 
 @dataclass
@@ -136,18 +133,14 @@ def check_args(args: Args, run_args) -> list[str]:
 def is_atari(env_id: str) -> bool:
     """Whether `env_id` is an ale-py game. ale-py registers its games when imported, so it is imported (and needed)
     only for ids that gymnasium does not know without it."""
-    try:
-        gym.spec(env_id)
-    except gym.error.Error:
+    if env_id not in gym.registry:
         try:
             import ale_py
+
+            gym.register_envs(ale_py)
         except ImportError:
-            return False
-        gym.register_envs(ale_py)
-    try:
-        return str(gym.spec(env_id).entry_point).startswith("ale_py")
-    except gym.error.Error:
-        return False
+            pass
+    return env_id in gym.registry and str(gym.registry[env_id].entry_point).startswith("ale_py")
 
 
 def make_env(env_id: str, terminal_on_life_loss: bool, noop_max: int = 30, video_dir: Optional[str] = None,
@@ -204,6 +197,9 @@ class QNetwork(nn.Module):
 
         self.advantage_head = head(n_actions)  # A(s, .) with the dueling head, Q(s, .) without
         self.value_head = head(1) if dueling else None
+        if not self.atari:  # argmax_a Q = argmax_a A, and torso + advantage head is an MLP, which acts in NumPy (see
+            # greedy_actions); it shares their parameters and is no submodule, so the state_dict holds them once
+            self.__dict__["greedy_network"] = nn.Sequential(*self.torso, *self.advantage_head)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         features = self.torso(obs.float() / 255.0 if self.atari else obs)  # [B, hidden]
@@ -243,8 +239,9 @@ class SumTree:
         """Set the leaves `indices` [B] (each index once) to `priorities` [B] and recompute their ancestors."""
         nodes = np.asarray(indices, dtype=np.int64) + self.leaves  # [B]
         self.nodes[nodes] = priorities
-        for parents in nodes >> self.levels_up:  # [depth, B]: parents, grandparents, ..., the root
-            self.nodes[parents] = self.nodes[2 * parents] + self.nodes[2 * parents + 1]  # a shared parent: same sum
+        ancestors = nodes >> self.levels_up  # [depth, B]: parents, grandparents, ..., the root, from the leaves up
+        for parents, left, right in zip(ancestors, ancestors << 1, (ancestors << 1) + 1) if len(nodes) else ():
+            self.nodes[parents] = self.nodes[left] + self.nodes[right]  # a shared parent gets the same sum twice
 
     def find(self, prefix_sums: np.ndarray) -> np.ndarray:
         """For each s in `prefix_sums` [B], 0 <= s < total, the leaf i with p_0 + ... + p_i-1 <= s < p_0 + ... + p_i
@@ -398,6 +395,8 @@ class FrameReplayBuffer:
         transition newest - n, whose window now reaches the newest frame; after an episode's first frame, the last
         n - 1 transitions of the episode that ended, whose windows stop at its end."""
         offsets = np.arange(2, self.n_step + 1) if episode_started else np.array([self.n_step])  # j = newest - offset
+        if len(offsets) == 0:  # one-step transitions: an episode's first frame completes none
+            return offsets
         envs = np.repeat(env_indices, len(offsets))
         slots = (self.written[env_indices, None] - 1 - offsets).ravel()
         keep = slots >= self.lowest_slots(envs)  # the obs frames are still in the ring
@@ -612,7 +611,6 @@ SCRIPT = Path(__file__).stem
 @dataclass
 class RunArgs:
     """How a run is seeded, tracked, evaluated, saved and resumed: the same options in every script."""
-
     exp_name: str = SCRIPT  # name of this experiment, part of the run directory name
     seed: int = 1  # seed of python, numpy, torch and the environments (0 to 2**32 - 1)
     torch_deterministic: bool = True  # set torch.backends.cudnn.deterministic: GPU runs repeat as closely as it can
@@ -676,12 +674,13 @@ def general_problems(args, run_args: RunArgs) -> list[str]:
 
 
 def greedy_actions(network: nn.Module, obs: np.ndarray) -> np.ndarray:
-    """argmax over the last axis of network(obs), for a NumPy batch of observations: the greedy actions [N].
-
-    Speed: an nn.Sequential of Linear, ReLU, ..., Linear layers on the CPU runs in NumPy, on views of its parameters
-    (the optimizer and load_state_dict change them in place; a move to another device is noticed). For one observation
-    torch's dispatch of each op costs several times its arithmetic: the NumPy forward takes ~25 us against ~130 us,
-    15% of a whole dqn.py run (benchmarks/sps.py). Any other network, and the GPU, run in torch."""
+    """argmax over the last axis of network(obs) (or of its `greedy_network`, a part with the same argmax) for a NumPy
+    batch of observations: the greedy actions [N]. Speed: an nn.Sequential of Linear, ReLU, ..., Linear layers on
+    the CPU runs in NumPy, on views of its parameters (the optimizer and load_state_dict change them in place; a move
+    to another device is noticed). For one observation torch's dispatch of each op costs several times its
+    arithmetic: the NumPy forward takes ~25 us against ~130 us, 15% of a whole dqn.py run (benchmarks/sps.py). Any
+    other network, and the GPU, run in torch."""
+    network = network.__dict__.get("greedy_network", network)
     cached = network.__dict__.get("numpy_views")  # (first weight, its data_ptr, views), or Nones for torch
     if cached is None or cached[0] is not None and cached[0].data_ptr() != cached[1]:  # the first call, or moved
         layers = list(network) if isinstance(network, nn.Sequential) else []

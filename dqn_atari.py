@@ -357,7 +357,6 @@ SCRIPT = Path(__file__).stem
 @dataclass
 class RunArgs:
     """How a run is seeded, tracked, evaluated, saved and resumed: the same options in every script."""
-
     exp_name: str = SCRIPT  # name of this experiment, part of the run directory name
     seed: int = 1  # seed of python, numpy, torch and the environments (0 to 2**32 - 1)
     torch_deterministic: bool = True  # set torch.backends.cudnn.deterministic: GPU runs repeat as closely as it can
@@ -421,12 +420,13 @@ def general_problems(args, run_args: RunArgs) -> list[str]:
 
 
 def greedy_actions(network: nn.Module, obs: np.ndarray) -> np.ndarray:
-    """argmax over the last axis of network(obs), for a NumPy batch of observations: the greedy actions [N].
-
-    Speed: an nn.Sequential of Linear, ReLU, ..., Linear layers on the CPU runs in NumPy, on views of its parameters
-    (the optimizer and load_state_dict change them in place; a move to another device is noticed). For one observation
-    torch's dispatch of each op costs several times its arithmetic: the NumPy forward takes ~25 us against ~130 us,
-    15% of a whole dqn.py run (benchmarks/sps.py). Any other network, and the GPU, run in torch."""
+    """argmax over the last axis of network(obs) (or of its `greedy_network`, a part with the same argmax) for a NumPy
+    batch of observations: the greedy actions [N]. Speed: an nn.Sequential of Linear, ReLU, ..., Linear layers on
+    the CPU runs in NumPy, on views of its parameters (the optimizer and load_state_dict change them in place; a move
+    to another device is noticed). For one observation torch's dispatch of each op costs several times its
+    arithmetic: the NumPy forward takes ~25 us against ~130 us, 15% of a whole dqn.py run (benchmarks/sps.py). Any
+    other network, and the GPU, run in torch."""
+    network = network.__dict__.get("greedy_network", network)
     cached = network.__dict__.get("numpy_views")  # (first weight, its data_ptr, views), or Nones for torch
     if cached is None or cached[0] is not None and cached[0].data_ptr() != cached[1]:  # the first call, or moved
         layers = list(network) if isinstance(network, nn.Sequential) else []
