@@ -13,8 +13,6 @@ interrupted.
 """
 
 import argparse
-import json
-import os
 import re
 import shutil
 import signal
@@ -25,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from script_runs import (REPO_ROOT, MetricsFollower, ScriptError, find_script, launch, load_script, read_json,
+                         setting_conflicts)
+
 # the runner sets these per run; after `--` they would silently break the skip logic or collide between runs
 RESERVED_FLAGS = ["--env-id", "--seed", "--runs-dir", "--exp-name", "--resume", "--eval-checkpoint"]
 
@@ -37,9 +37,11 @@ which envs go with which script:
 what counts as done:
   A combination is identified by (env id, exp name, seed), read from each run directory's args.json; the exp name
   is the script's stem, or STEM-TAG with --tag. It is skipped when a run directory for it holds a summary.json whose
-  status is not "interrupted". The flags given after -- are compared with that run's args.json, and a difference
-  is an error (a run made with other settings is not this benchmark's run): use another --tag or --runs-dir.
-  Flags the run took by default are not checked, so keep one --runs-dir per set of settings.
+  status is not "interrupted". Every setting the run would get (the flags after --, and the script's defaults for
+  the rest, as the script's own parser reads them) is compared with that run's args.json, and a difference is an
+  error (a run made with other settings is not this benchmark's run): use another --tag or --runs-dir. Settings that
+  do not change what a run learns (--track, --capture-video, --save-model, --torch-threads, ...) are not compared.
+  The flags after -- are checked by the script's own checks before any run starts.
 
 unfinished runs (a directory without a finished summary.json: Ctrl-C, a crash, a killed machine):
   --unfinished resume (default): continue the newest one that has a checkpoint.pt with the script's --resume;
@@ -118,11 +120,11 @@ def execution_order(combination: Combination) -> tuple:
 
 
 def resolve_script(name: str) -> Path:
-    for candidate in [Path(name), REPO_ROOT / name]:
-        if candidate.is_file():
-            return candidate.resolve()
-    places = " and ".join(dict.fromkeys([str(Path.cwd()), str(REPO_ROOT)]))
-    raise UsageError(f"script not found: {name} (looked in {places})")
+    path = find_script(name)
+    if path is None:
+        places = " and ".join(dict.fromkeys([str(Path.cwd()), str(REPO_ROOT)]))
+        raise UsageError(f"script not found: {name} (looked in {places})")
+    return path
 
 
 def build_combinations(script_specs: list[str], env_ids: Optional[list[str]], seeds: list[int],
@@ -161,61 +163,21 @@ def check_extra_args(extra_args: list[str]) -> None:
                              "(--env-ids, --seeds, --runs-dir, --tag)")
 
 
-def requested_settings(extra_args: list[str]) -> dict[str, list[str]]:
-    """`--name v1 v2 --flag --other=v` -> {'name': ['v1', 'v2'], 'flag': [], 'other': ['v']}."""
-    settings: dict[str, list[str]] = {}
-    open_name = None  # the flag that the next plain tokens are values of
-    for token in extra_args:
-        if token.startswith("--") and "=" in token:
-            name, value = token[2:].split("=", 1)
-            settings[name], open_name = [value], None
-        elif token.startswith("--"):
-            open_name = token[2:]
-            settings[open_name] = []
-        elif open_name is not None:
-            settings[open_name].append(token)
-    return settings
-
-
-def same_value(saved, given: list[str]) -> bool:
-    """Whether a command-line value means the value saved in args.json (numbers compared as numbers)."""
-    if isinstance(saved, (list, tuple)):
-        return len(saved) == len(given) and all(same_value(s, [g]) for s, g in zip(saved, given))
-    if len(given) != 1:
-        return False
-    if saved is None:
-        return given[0] == "None"
-    if isinstance(saved, bool):
-        return given[0].lower() in (("true", "1", "yes") if saved else ("false", "0", "no"))
-    if isinstance(saved, (int, float)):
+def requested_settings(combinations: list[Combination], extra_args: list[str]) -> dict[Combination, dict]:
+    """Every setting (defaults included) each combination's run gets, parsed and checked by its script's own parser
+    and checks, so that a bad flag after -- is refused before any run starts."""
+    scripts, requested = {}, {}
+    for combination in combinations:
+        path = combination.script
         try:
-            return abs(float(given[0]) - float(saved)) <= 1e-9 * max(1.0, abs(float(saved)))
-        except ValueError:
-            return False
-    return str(saved) == given[0]
-
-
-def setting_conflicts(extra_args: list[str], saved_args: dict) -> list[str]:
-    """Flags after -- whose value differs from the one a run was made with (flags args.json lacks are not checked)."""
-    conflicts = []
-    for name, values in requested_settings(extra_args).items():
-        key = name.replace("-", "_")
-        if key in saved_args:
-            ok = same_value(saved_args[key], values) if values else saved_args[key] is True
-        elif name.startswith("no-") and key[3:] in saved_args and not values:
-            key, ok = key[3:], saved_args[key[3:]] is False
-        else:
-            continue
-        if not ok:
-            conflicts.append(f"--{name} {' '.join(values)}".rstrip() + f" (the run has {key}={saved_args[key]!r})")
-    return conflicts
-
-
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+            script = scripts.get(path) or scripts.setdefault(path, load_script(combination.script_name, path))
+            argv = [*extra_args, "--env-id", combination.env_id, "--seed", str(combination.seed)]
+            if (path, combination.env_id) not in {(c.script, c.env_id) for c in requested}:
+                script.check(argv)  # once per (script, env): it makes the env
+            requested[combination] = script.settings(argv)
+        except ScriptError as error:
+            raise UsageError(str(error)) from None
+    return requested
 
 
 def scan_runs(runs_dir: Path) -> dict[tuple[str, str, int], list[RunDir]]:
@@ -248,9 +210,11 @@ class Job:
     run_dir: Optional[Path] = None
     known_dirs: set = field(default_factory=set)
     total_timesteps: Optional[int] = None
+    metrics: Optional[MetricsFollower] = None
 
 
 def plan(combinations: list[Combination], runs_dir: Path, extra_args: list[str], unfinished_policy: str) -> list[Job]:
+    requested = requested_settings(combinations, extra_args)
     runs = scan_runs(runs_dir)
     jobs, conflicts = [], []
     for combination in combinations:
@@ -258,30 +222,37 @@ def plan(combinations: list[Combination], runs_dir: Path, extra_args: list[str],
         finished = [run for run in found if run.finished]
         unfinished = [run for run in found if not run.finished]
         if finished:
-            problems = setting_conflicts(extra_args, finished[-1].args)
+            problems = setting_conflicts(requested[combination], finished[-1].args)
             if problems:
                 conflicts.append(f"  {finished[-1].path}: " + "; ".join(problems))
             jobs.append(Job(combination, "skip", finished_run=finished[-1]))
             continue
         resumable = [run for run in unfinished if (run.path / "checkpoint.pt").is_file()]
         if unfinished_policy == "resume" and resumable:
-            jobs.append(Job(combination, "resume", resume_from=resumable[-1].path / "checkpoint.pt"))
+            job = Job(combination, "resume", resume_from=resumable[-1].path / "checkpoint.pt")
         elif unfinished:
-            jobs.append(Job(combination, "restart", unfinished=unfinished))
+            job = Job(combination, "restart", unfinished=unfinished)
         else:
-            jobs.append(Job(combination, "run"))
+            job = Job(combination, "run")
+        job.total_timesteps = requested[combination].get("total_timesteps")
+        jobs.append(job)
     if conflicts:
-        raise UsageError("finished runs were made with other settings than the flags after -- ask for:\n"
+        raise UsageError("finished runs were made with other settings than this benchmark's:\n"
                          + "\n".join(conflicts) + "\nuse --tag NAME (or another --runs-dir) to run this variant "
                          "beside them, or delete those run directories to redo them")
     return jobs
 
 
-def command(job: Job, runs_dir: Path, extra_args: list[str]) -> list[str]:
+def script_argv(job: Job, runs_dir: Path, extra_args: list[str]) -> list[str]:
+    """The flags a job's script is run with."""
     combination = job.combination
     resume = ["--resume", str(job.resume_from)] if job.resume_from else []
-    return [sys.executable, str(combination.script), "--env-id", combination.env_id, "--seed", str(combination.seed),
-            "--runs-dir", str(runs_dir), "--exp-name", combination.exp_name, *resume, *extra_args]
+    return ["--env-id", combination.env_id, "--seed", str(combination.seed), "--runs-dir", str(runs_dir),
+            "--exp-name", combination.exp_name, *resume, *extra_args]
+
+
+def command(job: Job, runs_dir: Path, extra_args: list[str]) -> list[str]:
+    return [sys.executable, str(job.combination.script), *script_argv(job, runs_dir, extra_args)]
 
 
 def format_duration(seconds: float) -> str:
@@ -290,24 +261,8 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def last_global_step(metrics: Path) -> Optional[int]:
-    """global_step of the last complete row of a metrics.csv being written, read from its tail only."""
-    try:
-        with open(metrics, "rb") as file:
-            file.seek(max(0, file.seek(0, os.SEEK_END) - 4096))
-            tail = file.read().decode(errors="replace")
-    except OSError:
-        return None
-    lines = tail.splitlines() if tail.endswith("\n") else tail.splitlines()[:-1]  # the last may be half written
-    for line in reversed(lines):
-        head = line.split(",", 1)[0]
-        if head.isdigit():
-            return int(head)
-    return None
-
-
 def progress(job: Job, runs_dir: Path) -> str:
-    """'37%' (or a step count) of a running job, from its run directory's args.json and metrics.csv."""
+    """'37%' (or a step count) of a running job, from the metrics.csv of its run directory."""
     if job.run_dir is None:
         prefix = job.combination.file_stem + "__"
         new = [path for path in runs_dir.glob(prefix + "*") if path.name not in job.known_dirs]
@@ -315,9 +270,9 @@ def progress(job: Job, runs_dir: Path) -> str:
             job.run_dir = max(new, key=lambda path: path.stat().st_mtime)
     if job.run_dir is None:
         return "starting"
-    if job.total_timesteps is None:
-        job.total_timesteps = (read_json(job.run_dir / "args.json") or {}).get("total_timesteps")
-    step = last_global_step(job.run_dir / "metrics.csv")
+    job.metrics = job.metrics or MetricsFollower(job.run_dir / "metrics.csv")
+    job.metrics.new_rows()
+    step = job.metrics.last_step
     if step is None:
         return "starting"
     if job.total_timesteps:
@@ -378,8 +333,6 @@ def start(job: Job, runs_dir: Path, logs_dir: Path, extra_args: list[str], threa
     if job.resume_from is not None:
         job.run_dir = job.resume_from.parent
     argv = command(job, runs_dir, extra_args)
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                   "OPENBLAS_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.action}: {' '.join(argv)}\n"
     logs_dir.mkdir(parents=True, exist_ok=True)
     stdout = open(logs_dir / f"{job.combination.file_stem}.stdout.log", "a")
@@ -388,18 +341,11 @@ def start(job: Job, runs_dir: Path, logs_dir: Path, extra_args: list[str], threa
         log.write(header)
         log.flush()
     try:
-        # a runner started in the background (`nohup ... &`) has SIGINT ignored, and a child would inherit that and
-        # never see the SIGINT that asks it to save a checkpoint and stop: each run gets the default disposition
-        job.process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=environment,
-                                       start_new_session=True, preexec_fn=default_sigint)
+        job.process = launch(job.combination.script, script_argv(job, runs_dir, extra_args), stdout, stderr, threads)
     finally:
         stdout.close()
         stderr.close()
     job.started = time.monotonic()
-
-
-def default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def last_line(path: Path) -> str:

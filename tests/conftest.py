@@ -19,6 +19,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the tools import their shared module, script_runs
 
 
 class StepCounterEnv(gym.Env):
@@ -99,3 +100,95 @@ def run_script(args: list[str], cwd=None, env_extra=None, timeout=300) -> subpro
     """Run a command line (e.g. [sys.executable, "dqn.py", ...]) and capture its output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run(args, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# A stand-in with the scripts' interface (Args, RunArgs, parse_command_line, the checks, the run directory's files) for
+# the tests of the runner and the tuner, which are about running scripts, not training: no torch, one evaluation every
+# --eval-frequency steps, STUB_EVAL_SECONDS apart. STUB_FAIL_SEED makes that seed exit with status 1; STUB_WAIT makes
+# the run wait (up to 60 s) for a SIGINT or SIGTERM, as a long run would, and end "interrupted".
+STUB_SCRIPT = '''"""Stand-in for a DQN script: the same flags and files, evaluations on a schedule, no training."""
+import dataclasses, json, math, os, signal, sys, time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+
+@dataclass
+class Args:
+    env_id: str = "Stub-v0"
+    total_timesteps: int = 300
+    learning_rate: float = 2.5e-4
+    gamma: float = 0.99
+    batch_size: int = 128
+    target_network_frequency: int = 500
+    exploration_fraction: float = 0.5
+    hidden_sizes: tuple[int, ...] = (120, 84)
+
+
+@dataclass
+class RunArgs:
+    exp_name: str = Path(__file__).stem
+    seed: int = 1
+    save_model: bool = True
+    runs_dir: str = "runs"
+    eval_frequency: int = 100
+    resume: str | None = None
+    eval_checkpoint: str | None = None
+
+
+@dataclass
+class Settings(Args, RunArgs):
+    pass
+
+
+def parse_command_line(argv=None):
+    settings = tyro.cli(Settings, args=argv)
+    args = Args(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Args)})
+    return args, RunArgs(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(RunArgs)})
+
+
+def general_problems(args, run_args):
+    return []
+
+
+def check_args(args, run_args):
+    return []
+
+
+def interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, interrupted)
+    args, run_args = parse_command_line()
+    if str(run_args.seed) == os.environ.get("STUB_FAIL_SEED"):
+        sys.exit("boom: this seed fails on purpose")
+    if run_args.resume:
+        run_dir = Path(run_args.resume).parent
+    else:
+        run_dir = Path(run_args.runs_dir) / f"{args.env_id}__{run_args.exp_name}__{run_args.seed}__{time.time_ns()}"
+        run_dir.mkdir(parents=True)
+    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args) | dataclasses.asdict(run_args)))
+    (run_dir / "argv.json").write_text(json.dumps(sys.argv[1:]))
+    final = 100.0 - 20.0 * abs(math.log10(args.learning_rate) + 3.0) - args.batch_size / 64
+    status = "finished"
+    try:
+        with open(run_dir / "metrics.csv", "w") as file:
+            file.write("global_step,wall_time,name,value\\n")
+            for step in range(run_args.eval_frequency, args.total_timesteps + 1, run_args.eval_frequency):
+                time.sleep(float(os.environ.get("STUB_EVAL_SECONDS", "0")))
+                file.write(f"{step},{time.time():.3f},eval/episodic_return,{final * step / args.total_timesteps}\\n")
+                file.flush()
+        if os.environ.get("STUB_WAIT"):
+            (run_dir / "waiting").write_text("")
+            time.sleep(60)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    summary = {"script": "stub", "env_id": args.env_id, "seed": run_args.seed, "status": status,
+               "global_step": args.total_timesteps, "wall_time_s": 0.1, "eval_mean": final, "eval_std": 0.0,
+               "best_eval_mean": final, "run_dir": str(run_dir)}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    sys.exit(130 if status == "interrupted" else 0)
+'''

@@ -16,47 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import STUB_SCRIPT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNNER = REPO_ROOT / "benchmarks" / "run.py"
 PLOTTER = REPO_ROOT / "benchmarks" / "plot.py"
 TINY_DQN = ["--total-timesteps", "3000", "--learning-starts", "500", "--eval-frequency", "1500", "--eval-episodes", "2"]
-
-# Follows the scripts' interface: makes its run directory (or continues the one of --resume), writes args.json, a
-# metrics.csv and a finished summary.json. FAKE_FAIL_SEED makes that seed exit with status 3.
-FAKE_SCRIPT = textwrap.dedent('''
-    import argparse, json, os, sys, time
-    from pathlib import Path
-    parser = argparse.ArgumentParser()
-    for flag in ["--env-id", "--runs-dir", "--exp-name", "--resume"]:
-        parser.add_argument(flag)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--total-timesteps", type=int, default=100)
-    args = parser.parse_args()
-    if str(args.seed) == os.environ.get("FAKE_FAIL_SEED"):
-        sys.exit("boom: this seed fails on purpose")
-    if args.resume:
-        run_dir = Path(args.resume).parent
-    else:
-        run_dir = Path(args.runs_dir) / f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir.mkdir(parents=True)
-    (run_dir / "args.json").write_text(json.dumps(vars(args)))
-    (run_dir / "argv.json").write_text(json.dumps(sys.argv[1:]))
-    (run_dir / "metrics.csv").write_text("global_step,wall_time,name,value\\n")
-    status = "finished"
-    if os.environ.get("FAKE_WAIT"):  # wait for a Ctrl-C, as a long run would
-        try:
-            (run_dir / "waiting").write_text("")
-            time.sleep(60)
-        except KeyboardInterrupt:
-            status = "interrupted"
-    summary = {"script": "fake", "env_id": args.env_id, "seed": args.seed, "status": status,
-               "global_step": args.total_timesteps, "wall_time_s": 0.1, "sps": 1000.0, "eval_mean": float(args.seed),
-               "eval_std": 0.0, "eval_returns": [float(args.seed)], "best_eval_mean": float(args.seed),
-               "run_dir": str(run_dir)}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-''')
-
 
 def load_module(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
@@ -92,7 +57,7 @@ def tiny_benchmark(tmp_path_factory):
 @pytest.fixture
 def fake_script(tmp_path) -> Path:
     path = tmp_path / "fake.py"
-    path.write_text(FAKE_SCRIPT)
+    path.write_text(STUB_SCRIPT)
     return path
 
 
@@ -195,7 +160,7 @@ def test_missing_script_is_a_clear_usage_error(tmp_path):
 def test_failed_run_is_reported_without_stopping_the_others(fake_script, tmp_path):
     runs_dir = tmp_path / "runs"
     result = run_runner("--scripts", f"{fake_script}:A-v0", "--seeds", "1", "2", "3", "--workers", "2",
-                        "--runs-dir", str(runs_dir), env={"FAKE_FAIL_SEED": "2"})
+                        "--runs-dir", str(runs_dir), env={"STUB_FAIL_SEED": "2"})
     assert result.returncode == 1
     assert re.search(r"FAILED .*fake A-v0 seed 2: exit status 1; see .*A-v0__fake__2\.stderr\.log: boom", result.stdout)
     assert "2 run(s) finished, 1 failed" in result.stdout
@@ -232,7 +197,7 @@ def test_a_runner_started_in_the_background_still_interrupts_its_runs(fake_scrip
     runs_dir = tmp_path / "runs"
     runner = subprocess.Popen([sys.executable, str(RUNNER), "--scripts", f"{fake_script}:A-v0", "--seeds", "1",
                                "--runs-dir", str(runs_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "FAKE_WAIT": "1"},
+                              env={**os.environ, "STUB_WAIT": "1"},
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 60
     while not list(runs_dir.glob("*/waiting")) and time.monotonic() < deadline:
@@ -243,21 +208,34 @@ def test_a_runner_started_in_the_background_still_interrupts_its_runs(fake_scrip
     assert runner.returncode == 130, stdout + stderr
     (run_dir,) = [runs_dir / name for name in run_dirs(runs_dir)]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
-    assert "exit status 0" in stderr
+    assert "exit status 130" in stderr
 
 
-def test_extra_args_that_contradict_a_finished_run_are_refused(fake_script, tmp_path):
+def test_settings_that_contradict_a_finished_run_are_refused_defaults_included(fake_script, tmp_path):
     common = ["--scripts", f"{fake_script}:A-v0", "--seeds", "1", "--runs-dir", str(tmp_path / "runs")]
-    assert run_runner(*common, "--", "--total-timesteps", "10").returncode == 0
-    same = run_runner(*common, "--", "--total-timesteps=10.0")
+    assert run_runner(*common, "--", "--total-timesteps", "10", "--learning-rate", "1e-3").returncode == 0
+    same = run_runner(*common, "--", "--total-timesteps=10", "--learning-rate", "0.001")
     assert same.returncode == 0 and "1 finished already" in same.stdout
-    other = run_runner(*common, "--", "--total-timesteps", "20")
+    other = run_runner(*common, "--", "--total-timesteps", "20", "--learning-rate", "1e-3")
     assert other.returncode == 2
-    assert "--total-timesteps 20 (the run has total_timesteps=10)" in other.stderr
+    assert "total_timesteps: 10 in the run, 20 asked" in other.stderr
+    # the run's --learning-rate 1e-3 is not the script's default, 2.5e-4: leaving the flag out is another setting
+    default = run_runner(*common, "--", "--total-timesteps", "10")
+    assert default.returncode == 2 and "learning_rate: 0.001 in the run, 0.00025 asked" in default.stderr
     tagged = run_runner(*common, "--tag", "long", "--", "--total-timesteps", "20")
     assert tagged.returncode == 0 and "0 finished already, 1 to run" in tagged.stdout
     reserved = run_runner(*common, "--", "--seed", "5")
     assert reserved.returncode == 2 and "--seed after -- is set by the runner" in reserved.stderr
+
+
+def test_flags_after_the_separator_are_checked_by_the_scripts_parser_before_any_run(tmp_path):
+    common = ["--scripts", "dqn.py:CartPole-v1", "--seeds", "1", "--runs-dir", str(tmp_path / "runs"), "--"]
+    for flags, message in [(["--learning-rat", "3"], "Unrecognized options: --learning-rat"),
+                           (["--loss", "l1"], "invalid choice 'l1' for argument '--loss'"),
+                           (["--gamma", "nan"], "--gamma must be a finite number (got nan)")]:
+        result = run_runner(*common, *flags)
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+        assert not (tmp_path / "runs").exists()
 
 
 def write_run(runs_dir: Path, seed: int, status: str, eval_mean: float) -> None:

@@ -26,9 +26,11 @@ import pytest
 import tyro
 from optuna.trial import TrialState
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import tune  # noqa: E402
+import tune  # noqa: E402  (benchmarks/ is on sys.path, by conftest)
+from conftest import ROOT, STUB_SCRIPT  # noqa: E402
+from script_runs import MetricsFollower, ScriptError  # noqa: E402
+
+TUNER = ROOT / "benchmarks" / "tune.py"
 
 # a few thousand CartPole steps per trial: seconds each, most of it Python start-up
 TINY_RUN = ["--total-timesteps", "1000", "--learning-starts", "300", "--eval-frequency", "500", "--eval-episodes", "2"]
@@ -78,7 +80,7 @@ def test_tiny_study_completes_with_sqlite_and_writes_best_parameters(tmp_path):
 def test_interrupted_study_resumes_and_the_pruner_stops_a_hopeless_trial_and_its_run(tmp_path):
     storage = f"sqlite:///{tmp_path / 'tune.db'}"
     argv = tune_argv(tmp_path, storage, "--n-trials", "1", "--study-name", "resume", run=LONG_RUN)
-    worker = subprocess.Popen([sys.executable, str(ROOT / "tune.py"), *argv], cwd=tmp_path,
+    worker = subprocess.Popen([sys.executable, str(TUNER), *argv], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 90
     while not glob.glob(str(tmp_path / "runs" / "resume" / "trial_0000" / "*" / "metrics.csv")):
@@ -116,77 +118,18 @@ def assert_stopped(trial_dir: Path) -> None:
     assert metrics.stat().st_size == size
 
 
-# A stand-in with the scripts' interface for the many-workers tests, which are about sharing a study: each trial takes a
-# second instead of the several that importing torch and training take, so six trials race for the budget, not three.
-STUB_SCRIPT = '''"""Stand-in for a DQN script: the same flags and files, three evaluations 0.3 s apart, no training."""
-import json, math, time
-from dataclasses import dataclass
-from pathlib import Path
-
-import tyro
-
-
-@dataclass
-class Args:
-    total_timesteps: int = 300
-    learning_rate: float = 2.5e-4
-    gamma: float = 0.99
-    batch_size: int = 128
-    target_network_frequency: int = 500
-    exploration_fraction: float = 0.5
-    hidden_sizes: tuple[int, ...] = (120, 84)
-
-
-@dataclass
-class RunArgs:
-    seed: int = 1
-    save_model: bool = True
-    runs_dir: str = "runs"
-    eval_frequency: int = 100
-
-
-@dataclass
-class Settings(Args, RunArgs):
-    pass
-
-
-def parse_command_line(argv=None):
-    settings = tyro.cli(Settings, args=argv)
-    return settings, settings
-
-
-def general_problems(args, run_args):
-    return []
-
-
-def check_args(args, run_args):
-    return []
-
-
-if __name__ == "__main__":
-    args, _ = parse_command_line()
-    run_dir = Path(args.runs_dir) / f"Stub-v0__stub__{args.seed}__{time.time_ns()}"
-    run_dir.mkdir(parents=True)
-    final = 100.0 - 20.0 * abs(math.log10(args.learning_rate) + 3.0) - args.batch_size / 64
-    with open(run_dir / "metrics.csv", "w") as file:
-        file.write("global_step,wall_time,name,value\\n")
-        for step in range(args.eval_frequency, args.total_timesteps + 1, args.eval_frequency):
-            time.sleep(0.3)
-            file.write(f"{step},{time.time():.3f},eval/episodic_return,{final * step / args.total_timesteps}\\n")
-            file.flush()
-    summary = {"status": "finished", "eval_mean": final, "global_step": args.total_timesteps, "run_dir": str(run_dir)}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-'''
+# The many-workers tests use conftest's STUB_SCRIPT, whose trials take a second (three evaluations 0.3 s apart)
+# instead of the several that importing torch and training take, so six trials race for the budget, not three.
 
 
 def run_two_workers(tmp_path: Path, storage: str, n_trials: int) -> str:
     """Start two tune.py processes on one study at once; check that together they finish exactly `n_trials` trials."""
     (tmp_path / "stub_dqn.py").write_text(STUB_SCRIPT)
     study_name = f"two-workers-{uuid.uuid4().hex[:8]}"
-    argv = [sys.executable, str(ROOT / "tune.py"), "--script", str(tmp_path / "stub_dqn.py"), "--storage", storage,
+    argv = [sys.executable, str(TUNER), "--script", str(tmp_path / "stub_dqn.py"), "--storage", storage,
             "--runs-dir", str(tmp_path / "runs"), "--n-trials", str(n_trials), "--study-name", study_name]
-    workers = [subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
+    workers = [subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=os.environ | {"STUB_EVAL_SECONDS": "0.3"}) for _ in range(2)]
     outputs = [worker.communicate(timeout=240)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
 
@@ -223,7 +166,7 @@ def test_two_workers_on_one_postgresql_study_finish_exactly_the_requested_trials
 def test_a_trial_asked_beyond_the_budget_is_given_up_without_running(tmp_path):
     storage = f"sqlite:///{tmp_path / 'tune.db'}"
     args = tyro.cli(tune.Args, args=["--script", "dqn.py", "--n-trials", "2", "--storage", storage])
-    script = tune.load_script("dqn.py")
+    script = tune.load_tuned_script("dqn.py")
     space, _ = tune.build_space(script, (), [])
     study = optuna.create_study(storage=storage, study_name="budget", direction="maximize")
     study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=1.0))
@@ -238,7 +181,7 @@ def test_a_trial_asked_beyond_the_budget_is_given_up_without_running(tmp_path):
 
 
 def test_search_space_overrides_fixed_flags_and_scripts_without_widths(tmp_path):
-    script = tune.load_script("dqn.py")
+    script = tune.load_tuned_script("dqn.py")
     space, notes = tune.build_space(script, ("learning_rate=log:1e-5:1e-3", "tau=uniform:0.1:1"),
                                     ["--gamma", "0.9", "--env-id", "Acrobot-v1"])
     assert space["learning-rate"].spec() == "log:1e-05:0.001" and space["tau"].kind == "uniform"
@@ -253,17 +196,17 @@ def test_search_space_overrides_fixed_flags_and_scripts_without_widths(tmp_path)
                     "    exploration_fraction: float = 0.1\n\n@dataclass\nclass RunArgs:\n    seed: int = 1\n"
                     "    runs_dir: str = 'runs'\n\n"
                     "parse_command_line = general_problems = check_args = None\n")
-    space, notes = tune.build_space(tune.load_script(str(fake)), (), [])
+    space, notes = tune.build_space(tune.load_tuned_script(str(fake)), (), [])
     assert set(space) == {"learning-rate", "gamma", "batch-size", "target-network-frequency", "exploration-fraction"}
     with pytest.raises(tune.TuneError, match="dqn_atari.py has no flag --hidden-sizes"):
-        tune.build_space(tune.load_script(str(fake)), ("hidden-sizes=choice:64 64",), [])
+        tune.build_space(tune.load_tuned_script(str(fake)), ("hidden-sizes=choice:64 64",), [])
 
 
 @pytest.mark.parametrize("name", list(tune.SEARCH_SPACES))
 def test_each_script_loads_with_a_search_space_around_its_own_defaults(name):
     if not (ROOT / name).exists():
         pytest.skip(f"{name} is not written yet")
-    script = tune.load_script(name)
+    script = tune.load_tuned_script(name)
     space, notes = tune.build_space(script, (), [])
     assert not notes, notes  # every flag of the script's space exists in the script
     defaults, _ = script.parse([])
@@ -284,18 +227,20 @@ def test_each_script_loads_with_a_search_space_around_its_own_defaults(name):
     script.check([*tune.params_argv(params, space), "--seed", "3", "--runs-dir", "runs"])
 
 
-def test_metrics_follower_reports_only_complete_evaluation_rows(tmp_path):
-    run_dir = tmp_path / "trial" / "run"
-    run_dir.mkdir(parents=True)
-    follower = tune.MetricsFollower(tmp_path / "trial")
-    with open(run_dir / "metrics.csv", "w") as file:
+def test_metrics_follower_reads_only_complete_rows_and_starts_over_when_the_file_is_rewritten(tmp_path):
+    path = tmp_path / "metrics.csv"
+    follower = MetricsFollower(path)
+    assert follower.new_rows() == [] and follower.last_step is None  # not written yet
+    with open(path, "w") as file:
         file.write("global_step,wall_time,name,value\n500,1.0,charts/SPS,900\n500,1.0,eval/episodic_return,12.5\n"
                    "1000,2.0,eval/episodic_return,3")
         file.flush()
-        assert follower.new_evaluations() == [(500, 12.5)]  # the last row is still being written
-        file.write("0.5\n")
-    assert follower.new_evaluations() == [(1000, 30.5)]
-    assert follower.new_evaluations() == []
+        assert follower.new_rows() == [(500, "charts/SPS", 900.0), (500, "eval/episodic_return", 12.5)]
+        file.write("0.5\n")  # the last row was still being written
+    assert follower.new_rows() == [(1000, "eval/episodic_return", 30.5)] and follower.last_step == 1000
+    assert follower.new_rows() == []
+    path.write_text("global_step,wall_time,name,value\n400,1.0,charts/SPS,800\n")  # a resumed run drops its tail
+    assert follower.new_rows() == [(400, "charts/SPS", 800.0)] and follower.last_step == 400
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -311,13 +256,13 @@ def test_metrics_follower_reports_only_complete_evaluation_rows(tmp_path):
 ])
 def test_bad_input_is_reported_in_one_line(tmp_path, flags, message):
     storage = [] if "--storage" in flags else ["--storage", f"sqlite:///{tmp_path / 'x.db'}"]
-    with pytest.raises(tune.TuneError, match=re.escape(message)) as error:
+    with pytest.raises(ScriptError, match=re.escape(message)) as error:  # TuneError, or the script's parser's
         tune.main(storage + flags)
     assert "\n" not in str(error.value)
 
 
 def test_command_line_errors_are_one_line_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "tune.py"), "--script", "nope.py"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, str(TUNER), "--script", "nope.py"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]

@@ -12,23 +12,18 @@ The study lives in a database, so several workers share it and a study resumes a
 command again. `--n-trials` is the number of finished (complete or pruned) trials the study should have in total,
 however many workers share it.
 
-    python tune.py --script dqn.py --n-trials 30                 # one worker, SQLite file tune.db
-    python tune.py --script dqn.py --n-trials 30 & python tune.py --script dqn.py --n-trials 30    # two workers
-    python tune.py --script dqn_lunar.py --n-trials 50 --storage postgresql://tune:PASSWORD@db-host:5432/tune
-    python tune.py --script dqn.py --space learning-rate=log:1e-5:1e-3 -- --env-id Acrobot-v1 --total-timesteps 50000
+    python benchmarks/tune.py --script dqn.py --n-trials 30              # one worker, SQLite file tune.db
+    python benchmarks/tune.py --script dqn.py --n-trials 30 &            # run it twice: two workers, one study
+    python benchmarks/tune.py --script dqn_lunar.py --n-trials 50 --storage postgresql://USER:PASSWORD@HOST:5432/DB
+    python benchmarks/tune.py --script dqn.py --space learning-rate=log:1e-5:1e-3 -- --env-id Acrobot-v1
 
 Flags after `--` go unchanged to every trial (a parameter given there is not searched). `--space NAME=SPEC` replaces or
 adds one parameter, SPEC being `log:LOW:HIGH` (log-uniform), `uniform:LOW:HIGH` (integers for an integer flag) or
 `choice:A,B,C` (one item may hold spaces: `choice:64 64,256 256`). The default spaces are in SEARCH_SPACES below and in
-the README. At the end the best trial is printed as a ready-to-paste command line and written to
+docs/tuning.md. At the end the best trial is printed as a ready-to-paste command line and written to
 `{runs_dir}/{study}/best.json`.
 """
 
-import contextlib
-import csv
-import dataclasses
-import importlib.util
-import io
 import json
 import logging
 import math
@@ -39,8 +34,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
-import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +43,8 @@ import optuna
 import sqlalchemy
 import tyro
 from optuna.trial import TrialState
+
+from script_runs import REPO_ROOT, MetricsFollower, Script, ScriptError, find_script, launch, load_script, stop
 
 # The default search space of each script, in the syntax of --space. Ranges bracket each script's own defaults, which
 # come from the papers and tuned sets its docstrings cite (a test checks this); a width is searched only where the script
@@ -136,7 +131,7 @@ class Args:
     """stop this worker after this many failed trials in a row (a script that crashes every time)"""
 
 
-class TuneError(Exception):
+class TuneError(ScriptError):
     """A setting the tuner cannot use; reported as one line, without a traceback."""
 
 
@@ -149,92 +144,15 @@ class BudgetReached(Exception):
 
 
 
-@dataclass
-class Script:
-    """A training script, loaded only to read its settings (`Args` and `RunArgs`: flag names, types, defaults) and to
-    check them with its own checks."""
-
-    path: Path
-    given: str
-    module: types.ModuleType
-    field_types: dict[str, type]
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def command_path(self) -> str:
-        """How to name the script in a command line run from here."""
-        return self.given if Path(self.given).is_file() else str(self.path)
-
-    def has_flag(self, flag: str) -> bool:
-        return flag.replace("-", "_") in self.field_types
-
-    def parse(self, argv: list[str]):
-        """Parse `argv` with the script's own parser; raise TuneError with tyro's reason in one line."""
-        captured = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
-                return self.module.parse_command_line(argv)
-        except SystemExit:
-            lines = [line.strip(" │╭╮╰╯─-") for line in captured.getvalue().splitlines()]
-            reason = next((line for line in lines if "rror" in line and line != "Value error"), None) or \
-                next((line for line in lines if line), "the flags do not parse")
-            raise TuneError(f"{self.name} rejects `{shlex.join(argv)}`: {reason}") from None
-
-    def check(self, argv: list[str]) -> None:
-        """Parse `argv` and run the script's own checks of its settings; raise TuneError on a problem."""
-        args, run_args = self.parse(argv)
-        problems = self.module.general_problems(args, run_args) or self.module.check_args(args, run_args)
-        if problems:
-            raise TuneError(f"{self.name}: {'; '.join(problems)}")
-
-
-def base_type(annotation) -> type:
-    """int, float, str, bool or tuple for a field annotation; Optional[X] is X, Literal[...] is str."""
-    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Union or origin is types.UnionType:
-        remaining = [argument for argument in arguments if argument is not type(None)]
-        return base_type(remaining[0]) if len(remaining) == 1 else str
-    if origin is Literal:
-        return type(arguments[0])
-    if origin is tuple or annotation is tuple:
-        return tuple
-    return annotation if annotation in (int, float, str, bool) else str
-
-
-def load_script(given: str) -> Script:
-    """Find the script (as given, or next to tune.py) and load its module to read `Args`."""
-    candidates = [Path(given), Path(__file__).resolve().parent / given]
-    path = next((candidate.resolve() for candidate in candidates if candidate.is_file()), None)
+def load_tuned_script(given: str) -> Script:
+    """The script to tune: as given, or at the repository's top level (e.g. `dqn.py`)."""
+    path = find_script(given)
     if path is None:
-        known = ", ".join(SEARCH_SPACES)
         if Path(given).name in SEARCH_SPACES:
-            raise TuneError(f"{given} is not there (looked in . and {candidates[1].parent})")
-        raise TuneError(f"unknown script {given!r}: expected one of {known}, or the path of a script like them")
-    module_name = f"_tuned_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None or path.suffix != ".py":
-        raise TuneError(f"{given} is not a Python script")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # tyro reads the field docstrings through the module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:
-        raise TuneError(f"cannot load {given}: {type(error).__name__}: {error}") from None
-    interface = ("Args", "RunArgs", "parse_command_line", "general_problems", "check_args")
-    if not all(hasattr(module, name) for name in interface) or not dataclasses.is_dataclass(module.Args):
-        raise TuneError(f"{given} has no `@dataclass class Args` and harness, so it does not have the scripts' "
-                        "interface")
-    field_types = {name: base_type(hint) for kind in (module.Args, module.RunArgs)
-                   for name, hint in typing.get_type_hints(kind).items()}
-    missing = [flag for flag in ("runs_dir", "seed", "total_timesteps") if flag not in field_types]
-    if missing:
-        raise TuneError(f"{given} has no flag {', '.join('--' + m.replace('_', '-') for m in missing)}, "
-                        "so it does not have the scripts' interface")
-    return Script(path, given, module, field_types)
-
+            raise TuneError(f"{given} is not there (looked in . and {REPO_ROOT})")
+        raise TuneError(f"unknown script {given!r}: expected one of {', '.join(SEARCH_SPACES)}, or the path of a "
+                        "script like them")
+    return load_script(given, path)
 
 
 @dataclass(frozen=True)
@@ -439,60 +357,6 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
 
 
 
-class MetricsFollower:
-    """Reads the evaluations a run appends to its metrics.csv, a complete line at a time."""
-
-    def __init__(self, trial_dir: Path):
-        self.trial_dir, self.path, self.offset, self.partial = trial_dir, None, 0, b""
-
-    def new_evaluations(self) -> list[tuple[int, float]]:
-        if self.path is None:
-            found = sorted(self.trial_dir.glob("*/metrics.csv"))
-            if not found:
-                return []
-            self.path = found[0]
-        with open(self.path, "rb") as file:
-            file.seek(self.offset)
-            chunk = file.read()
-        self.offset += len(chunk)
-        *lines, self.partial = (self.partial + chunk).split(b"\n")
-        evaluations = []
-        for row in csv.reader(line.decode() for line in lines if line.strip()):
-            if len(row) >= 4 and row[2] == METRIC:
-                evaluations.append((int(row[0]), float(row[3])))
-        return evaluations
-
-
-def launch_argv(script: Path, argv: list[str]) -> list[str]:
-    """`python SCRIPT ARGS`, through a tiny launcher that asks Linux to send the run SIGTERM if the tuner dies, so a
-    killed worker leaves no training running on; elsewhere it just execs the script."""
-    launcher = ("import ctypes, os, signal, sys\n"
-                "try:\n"
-                "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
-                "except Exception:\n"
-                "    pass\n"
-                "if os.getppid() != int(sys.argv[1]):\n"
-                "    sys.exit('tune.py exited before the trial started')\n"
-                "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n")
-    return [sys.executable, "-c", launcher, str(os.getpid()), str(script), *argv]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the run's process group, SIGKILL it if it is still there 10 s later."""
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @dataclass
 class Worker:
     """One tuning process: runs trials of `study` until it holds `n_trials` finished trials."""
@@ -539,22 +403,23 @@ class Worker:
         trial.set_user_attr("command", shlex.join(["python", self.script.command_path, *argv]))
         try:
             self.script.check(argv)
-        except TuneError as error:
+        except ScriptError as error:
             return self.fail(trial, f"invalid settings: {error}")
         trial_dir.mkdir(parents=True)
         trial.set_user_attr("trial_dir", str(trial_dir))
-        environment = {**os.environ, "OMP_NUM_THREADS": str(self.args.threads),
-                       "MKL_NUM_THREADS": str(self.args.threads), "PYTHONUNBUFFERED": "1"}
         started = time.perf_counter()
         with open(trial_dir / "output.log", "wb") as log:
-            process = subprocess.Popen(launch_argv(self.script.path, argv), stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=environment, start_new_session=True)
+            process = launch(self.script.path, argv, stdout=log, stderr=subprocess.STDOUT, threads=self.args.threads)
         print(f"trial {trial.number} started: {describe(params)}", flush=True)
-        follower, reported = MetricsFollower(trial_dir), set()
+        follower, reported = None, set()
         try:
             while True:
                 running = process.poll() is None
-                for step, value in follower.new_evaluations():
+                if follower is None and (found := sorted(trial_dir.glob("*/metrics.csv"))):
+                    follower = MetricsFollower(found[0])
+                evaluations = [(step, value) for step, name, value in (follower.new_rows() if follower else [])
+                               if name == METRIC]
+                for step, value in evaluations:
                     if step in reported:
                         continue  # the final evaluation may repeat the last periodic one's step
                     reported.add(step)
@@ -704,7 +569,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
     """Run this worker's share of the study; return the best result (also written to --output), or None."""
     check_args(args)
     storage_settings(args.storage)  # a bad URL is reported before the slow part
-    script = load_script(args.script)
+    script = load_tuned_script(args.script)
     check_fixed_flags(fixed, script)
     space, notes = build_space(script, args.space, fixed)
     defaults, _ = script.parse(fixed)
@@ -731,7 +596,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
         print(f"  ({note})")
     try:
         script.check(fixed)
-    except TuneError as error:  # a sampled value may still make it right, so only a warning
+    except ScriptError as error:  # a sampled value may still make it right, so only a warning
         print(f"warning: with the script's defaults for the searched flags, {error}", file=sys.stderr)
 
     log_filter = QuietHandledFailures(worker)
@@ -783,7 +648,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, interrupt)
     try:
         main()
-    except TuneError as error:
+    except ScriptError as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit("interrupted: run the same command again to resume the study (the trial this worker was running, "
