@@ -11,7 +11,7 @@ dqn_atari.py's code, so that a diff against it shows what each one adds:
                  bias this brings is corrected by importance-sampling weights whose exponent beta goes to 1;
   --n-step N     n-step returns, as in Rainbow (Hessel et al. 2018), cut at episode ends (off by default: N = 1).
 The first three are on by default (--no-double, --no-dueling, --no-prioritized). Vector observations get an MLP, Atari
-ids dqn_atari.py's wrappers and CNN, both its replay; the README lists every departure from the papers.
+ids dqn_atari.py's wrappers and CNN, both its replay; docs/double_dueling_per_dqn.md lists every departure.
 
     python double_dueling_per_dqn.py                                  # LunarLander-v3, the three extensions on
     python double_dueling_per_dqn.py --no-prioritized --seed 2        # an ablation: uniform replay
@@ -19,7 +19,7 @@ ids dqn_atari.py's wrappers and CNN, both its replay; the README lists every dep
         1000000 --learning-rate 6.25e-5 --batch-size 32 --learning-starts 80000 --target-network-frequency 1000 \\
         --exploration-fraction 0.1 --end-e 0.01 --hidden-sizes 512 --eval-frequency 250000 --eval-epsilon 0.05
 
-Reproduces: LunarLander-v3 landed (an evaluation mean of 200) earlier than with dqn_lunar.py; see the README.
+Reproduces: LunarLander-v3 landed (evaluation mean 200) sooner than by dqn_lunar.py; docs/double_dueling_per_dqn.md.
 """
 
 import math
@@ -674,12 +674,9 @@ def general_problems(args, run_args: RunArgs) -> list[str]:
 
 
 def greedy_actions(network: nn.Module, obs: np.ndarray) -> np.ndarray:
-    """argmax over the last axis of network(obs) (or of its `greedy_network`, a part with the same argmax) for a NumPy
-    batch of observations: the greedy actions [N]. Speed: an nn.Sequential of Linear, ReLU, ..., Linear layers on
-    the CPU runs in NumPy, on views of its parameters (the optimizer and load_state_dict change them in place; a move
-    to another device is noticed). For one observation torch's dispatch of each op costs several times its
-    arithmetic: the NumPy forward takes ~25 us against ~130 us, 15% of a whole dqn.py run (benchmarks/sps.py). Any
-    other network, and the GPU, run in torch."""
+    """argmax over the last axis of network(obs) (or of its `greedy_network`, with the same argmax) for a NumPy batch
+    obs: the greedy actions [N]. Speed: an MLP (nn.Sequential of Linear, ReLU, ..., Linear) on the CPU runs in NumPy on
+    views of its parameters, as torch's dispatch costs more than a batch-1 forward: GREEDY_GAIN; others run in torch."""
     network = network.__dict__.get("greedy_network", network)
     cached = network.__dict__.get("numpy_views")  # (first weight, its data_ptr, views), or Nones for torch
     if cached is None or cached[0] is not None and cached[0].data_ptr() != cached[1]:  # the first call, or moved
@@ -740,8 +737,7 @@ def read_checkpoint(given: str, mmap: bool = False) -> tuple[Path, dict]:
 
 
 class Run:
-    """The harness side of `train(args, run)`: made from the settings, it checks them, reads the checkpoint to resume
-    or evaluate, picks the device and seeds everything; `start`, `steps` and `finish` frame the training loop."""
+    """The harness side of train(args, run): checks, checkpoint, device, seeds; start, steps, finish frame the loop."""
 
     def __init__(self, args, run_args: RunArgs):
         if problems := general_problems(args, run_args) or check_args(args, run_args):  # the script's own second
@@ -784,12 +780,13 @@ class Run:
 
     def start(self, envs: gym.vector.VectorEnv, policy: Callable, eval_env: Callable, replay,
               eval_metrics: Callable = lambda returns: {}, **state) -> np.ndarray:
-        """Take what to evaluate (`policy(obs, epsilon, rng)` on `eval_env(video_dir, video_prefix)()`, with more
-        eval/<name> metrics from `eval_metrics(returns)`) and what to checkpoint (`replay` and `state`: objects with
-        state_dict and load_state_dict); restore them on a resume; make the run directory; return the first obs."""
+        """Take what to evaluate (`policy(obs, epsilon, rng)` on `eval_env(video_dir, video_prefix)()`, eval_metrics)
+        and to checkpoint (`replay`, `state`); restore them on a resume; make the run dir; return the first obs."""
         self.policy, self.eval_env, self.eval_metrics, self.replay = policy, eval_env, eval_metrics, replay
         self.state, checkpoint = state, self.checkpoint
         for name, thing in state.items() if checkpoint is not None else ():
+            if checkpoint.get("classes", {}).get(name, type(thing).__name__) != type(thing).__name__:  # --optimizer
+                raise ConfigError(f"{str(self.checkpoint_file)!r} holds a {checkpoint['classes'][name]} as {name}")
             try:
                 thing.load_state_dict(checkpoint["state"][name])
             except (KeyError, RuntimeError, ValueError) as error:
@@ -824,10 +821,13 @@ class Run:
         (self.run_dir / "args.json").write_text(json.dumps(settings["args"] | settings["run_args"], indent=2))
         if self.run_args.track:
             import wandb
-
             self.wandb_run = wandb.init(project=self.run_args.wandb_project_name, entity=self.run_args.wandb_entity,
                                         name=self.run_dir.name, id=self.run_dir.name.replace(".", "-"),
                                         resume="allow", dir=str(self.run_dir), config=settings)
+        from torch.utils.tensorboard import SummaryWriter  # TensorBoard event files, imported only for training
+        self.tensorboard = SummaryWriter(self.run_dir, purge_step=self.global_step + 1 if checkpoint else None)
+        table = "\n".join(f"| {name} | {value} |" for name, value in (settings["args"] | settings["run_args"]).items())
+        self.tensorboard.add_text("hyperparameters", "| setting | value |\n| --- | --- |\n" + table, self.global_step)
         self.metrics = open(self.run_dir / "metrics.csv", "a", newline="")  # flushed per row: a crash loses nothing
         self.metrics_writer = csv.writer(self.metrics)
         if self.metrics.tell() == 0:  # a new file
@@ -849,9 +849,8 @@ class Run:
         self.signal = signum  # the loop stops after this step, so that the checkpoint holds whole steps
 
     def steps(self, total_timesteps: int, num_envs: int) -> Iterator[int]:
-        """The loop's `global_step`, env steps taken counting this iteration's. Between iterations: an evaluation and
-        checkpoint every --eval-frequency steps and at the end, the progress line, and a stop at SIGINT or SIGTERM
-        (with a checkpoint), a divergence or --target-return. With --eval-checkpoint: one evaluation, no step."""
+        """The loop's `global_step` (env steps, this iteration's counted); between iterations the evaluations and
+        checkpoints, the progress line, and the stops (a signal, divergence, --target-return); or --eval-checkpoint."""
         self.num_envs = num_envs
         if self.evaluating:
             step = self.global_step = self.checkpoint["global_step"]
@@ -878,14 +877,14 @@ class Run:
         self.status = "finished" if self.status == "running" else self.status
 
     def due(self, every: int) -> int:
-        """How many multiples of `every` this iteration's env steps crossed: 0 or 1, or more with many envs (one
-        iteration advances `global_step` by num_envs, which may pass a train or sync point without landing on it)."""
+        """How many multiples of `every` this iteration's num_envs env steps crossed (0 or 1; more with many envs)."""
         return self.global_step // every - (self.global_step - self.num_envs) // every
 
     def log(self, name: str, value: float) -> None:
-        """One row `global_step, wall_time, name, value` of metrics.csv, and with --track the same to wandb."""
+        """One row `global_step, wall_time, name, value` of metrics.csv, the same to TensorBoard, and to wandb."""
         self.metrics_writer.writerow([self.global_step, f"{time.time():.3f}", name, f"{value:.6g}"])
         self.metrics.flush()
+        self.tensorboard.add_scalar(name, value, self.global_step)
         if self.wandb_run is not None:
             self.wandb_run.log({name: value, "global_step": self.global_step})
 
@@ -913,9 +912,8 @@ class Run:
     def diverged(self, what: str) -> None:
         if self.status == "running":
             self.status = "diverged"  # and no checkpoint is written from now on: the last one, still finite, stays
-            print(f"\nerror: {what} at step {self.global_step:,}: the Q-network diverged, most often from a learning "
-                  f"rate too high for the env (--learning-rate {self.args.learning_rate}; a lower one, --loss huber or "
-                  f"--max-grad-norm may help). The checkpoints written before stay as they were.", file=sys.stderr)
+            print(f"\nerror: {what} at step {self.global_step:,}: the Q-network diverged, most often from a too high "
+                  f"--learning-rate {self.args.learning_rate}; the last finite checkpoint is kept", file=sys.stderr)
 
     def evaluate_and_save(self) -> None:
         """Evaluate, log, save best.pt and checkpoint.pt (never a network that is not finite), stop at the target."""
@@ -952,7 +950,8 @@ class Run:
                 "updates": self.updates, "best_eval_mean": self.best_eval_mean,
                 "replay_saved": self.run_args.save_replay,
                 "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
-                "state": {name: thing.state_dict() for name, thing in self.state.items()}}
+                "state": {name: thing.state_dict() for name, thing in self.state.items()},
+                "classes": {name: type(thing).__name__ for name, thing in self.state.items()}}
 
     def save_latest(self) -> None:
         """checkpoint.pt, and replay.pt before it: a crash between the two leaves a newer replay, which is ignored."""
@@ -990,6 +989,7 @@ class Run:
             return summary
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.metrics.close()
+        self.tensorboard.close()
         if self.wandb_run is not None:
             self.wandb_run.summary.update({k: v for k, v in summary.items() if k != "eval_returns"})
             self.wandb_run.finish(exit_code=0 if returns else 1)

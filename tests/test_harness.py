@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,6 +274,30 @@ def test_after_a_resume_the_losses_keep_their_logging_rhythm(tmp_path):
           resume=first["run_dir"])
     steps = [step for step, name, _ in read_metrics(first["run_dir"]) if name == "losses/td_loss"]
     assert steps == list(range(1400, 4001, 400))  # every 100 gradient steps, one every 4 env steps, on both sides
+
+
+def test_tensorboard_gets_the_scalars_of_metrics_csv_and_the_settings_and_a_resume_purges_what_came_after(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fast = dict(learning_starts=500, eval_frequency=500, eval_episodes=1)
+    run_dir = Path(train(dqn, total_timesteps=1000, runs_dir=str(tmp_path), **fast)["run_dir"])
+    shutil.copy(run_dir / "checkpoint.pt", run_dir / "at_1000.pt")
+    train(dqn, total_timesteps=2000, resume=str(run_dir), **fast)  # logs steps 1001-2000 ...
+    train(dqn, total_timesteps=3000, resume=str(run_dir / "at_1000.pt"), **fast)  # ... which a resume at 1000 drops
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    from_csv = {}
+    for step, name, value in read_metrics(run_dir):
+        from_csv.setdefault(name, []).append((step, value))
+    assert {"charts/episodic_return", "losses/td_loss", "eval/episodic_return"} <= set(from_csv)
+    assert sorted(events.Tags()["scalars"]) == sorted(from_csv)
+    for name, rows in from_csv.items():
+        logged = [(event.step, event.value) for event in events.Scalars(name)]
+        assert [step for step, _ in logged] == [step for step, _ in rows], name  # once each: no doubled tail
+        assert np.allclose([value for _, value in logged], [value for _, value in rows], rtol=1e-5), name
+    assert max(step for step, _ in from_csv["losses/td_loss"]) == 3000
+    settings_text = b"".join(tensor.tensor_proto.string_val[0] for tensor in events.Tensors("hyperparameters/text_summary"))
+    assert b"| learning_rate | 0.001 |" in settings_text and b"| seed | 1 |" in settings_text
 
 
 # ------------------------------------------------------------------------------------------------- the harness API
