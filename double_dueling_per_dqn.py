@@ -6,9 +6,8 @@ dqn_atari.py's code, so that a diff against it shows what each one adds:
                  network picks the next action, the target network values it;
   --dueling      Wang et al. 2016, "Dueling Network Architectures for Deep Reinforcement Learning": Q(s, a) = V(s) +
                  A(s, a) - mean_a' A(s, a'), from a value and an advantage stream;
-  --prioritized  Schaul et al. 2016, "Prioritized Experience Replay" (ICLR), proportional variant: transitions are
-                 replayed with probability proportional to (|TD error| + epsilon)^alpha, drawn from a sum-tree, and the
-                 bias this brings is corrected by importance-sampling weights whose exponent beta goes to 1;
+  --prioritized  Schaul et al. 2016, "Prioritized Experience Replay", proportional: replay in proportion to (|TD
+                 error| + epsilon)^alpha from a sum-tree, importance-sampling weights' exponent beta going to 1;
   --n-step N     n-step returns, as in Rainbow (Hessel et al. 2018), cut at episode ends (off by default: N = 1).
 The first three are on by default (--no-double, --no-dueling, --no-prioritized). Vector observations get an MLP, Atari
 ids dqn_atari.py's wrappers and CNN, both its replay; docs/double_dueling_per_dqn.md lists every departure.
@@ -43,8 +42,10 @@ class Args:
     total_timesteps: int = 300_000
     """env steps to train for, summed over all envs (dqn_lunar.py's budget)"""
     learning_rate: float = 6.3e-4
-    """Adam learning rate (dqn_lunar.py's, from rl-baselines3-zoo; Schaul et al. 2016 divide theirs by 4 for
-    prioritized replay, which Adam's step size normalisation makes unnecessary)"""
+    """learning rate (dqn_lunar.py's, rl-baselines3-zoo's; for prioritized replay Schaul et al. divide theirs by 4)"""
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    """adam, or rmsprop: Mnih et al. 2015's centered RMSProp (squared-gradient momentum 0.95, min squared gradient
+    0.01; the paper's --learning-rate: 2.5e-4)"""
     num_envs: int = 1
     """number of environments stepped together"""
     buffer_size: int = 50_000
@@ -54,8 +55,7 @@ class Args:
     tau: float = 1.0
     """target network update rate: 1 copies the online network (hard update), < 1 blends it in (Polyak averaging)"""
     target_network_frequency: int = 1000
-    """env steps between target network updates: every 250 gradient steps (rl-baselines3-zoo: 250 env steps, with
-    one gradient step per env step)"""
+    """env steps between target network updates: 250 gradient steps, as rl-baselines3-zoo's 250 env steps"""
     batch_size: int = 128
     """transitions per gradient step (dqn_lunar.py and rl-baselines3-zoo: 128, Schaul et al. 2016: 32)"""
     start_e: float = 1.0
@@ -63,8 +63,7 @@ class Args:
     end_e: float = 0.1
     """exploration epsilon at the end of the schedule (rl-baselines3-zoo: 0.1)"""
     exploration_fraction: float = 0.2
-    """fraction of `total_timesteps` over which epsilon falls linearly from `start_e` to `end_e` (dqn_lunar.py's:
-    the first 60k steps; rl-baselines3-zoo: 0.12)"""
+    """fraction of `total_timesteps` over which epsilon falls linearly to `end_e` (the first 60k steps; zoo: 0.12)"""
     learning_starts: int = 1_000
     """env steps of random play that fill the buffer before learning starts (rl-baselines3-zoo: 0)"""
     train_frequency: int = 4
@@ -72,15 +71,13 @@ class Args:
     gradient_steps: int = 1
     """gradient steps per training phase (Mnih et al. 2015: 1; rl-baselines3-zoo: one per env step)"""
     hidden_sizes: tuple[int, ...] = (256, 256)
-    """widths of the hidden layers after the torso (dqn_lunar.py and rl-baselines3-zoo: 256 256); with --dueling the
-    value and the advantage stream each get their own copy of the last one (Wang et al. 2016)"""
+    """widths of the hidden layers after the torso (rl-baselines3-zoo: 256 256); dueling streams copy the last one"""
     loss: Literal["mse", "huber"] = "huber"
     """TD loss: mean squared error, or Huber (smooth L1 with delta 1: the paper's error clipping, SB3's default)"""
     max_grad_norm: Optional[float] = 10.0
     """clip the gradient to this global L2 norm (None: no clipping; SB3's default and Wang et al. 2016: 10)"""
     double: bool = True
-    """Double DQN (van Hasselt et al. 2016): the online network picks argmax_a' Q(s', a'), the target network values
-    it; --no-double: the target network does both (DQN)"""
+    """Double DQN (van Hasselt et al. 2016); --no-double: the target network picks and values the next action"""
     dueling: bool = True
     """dueling head (Wang et al. 2016): Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'); --no-dueling: one linear head"""
     prioritized: bool = True
@@ -88,8 +85,7 @@ class Args:
     alpha: float = 0.6
     """priority exponent: P(i) = p_i^alpha / sum_k p_k^alpha; 0 is uniform (Schaul et al. 2016, proportional: 0.6)"""
     beta_start: float = 0.4
-    """importance-sampling exponent at the start, annealed linearly to 1 at the end of the run (Schaul et al. 2016,
-    proportional: 0.4)"""
+    """importance-sampling exponent at the start, annealed linearly to 1 at the end (Schaul et al. 2016: 0.4)"""
     priority_epsilon: float = 1e-6
     """added to |TD error| so that every transition keeps a chance to be replayed (Schaul et al. 2016: "small")"""
     n_step: int = 1
@@ -131,12 +127,10 @@ def check_args(args: Args, run_args) -> list[str]:
 
 
 def is_atari(env_id: str) -> bool:
-    """Whether `env_id` is an ale-py game. ale-py registers its games when imported, so it is imported (and needed)
-    only for ids that gymnasium does not know without it."""
+    """Whether `env_id` is an ale-py game; ale-py (which registers its games) is imported only for an unknown id."""
     if env_id not in gym.registry:
         try:
             import ale_py
-
             gym.register_envs(ale_py)
         except ImportError:
             pass
@@ -529,6 +523,14 @@ def update_target(target_network: nn.Module, q_network: nn.Module, tau: float) -
         target_param.lerp_(param, tau)
 
 
+def make_optimizer(parameters, args: Args) -> torch.optim.Optimizer:
+    """Adam, fused (one kernel for all parameters: FUSED_GAIN), or Mnih et al. 2015's RMSProp: centered, both
+    averages at 0.95, 0.01 added to the root of the squared gradients' variance (the paper adds it under the root)."""
+    if args.optimizer == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=args.learning_rate, alpha=0.95, eps=0.01, centered=True)
+    return torch.optim.Adam(parameters, lr=args.learning_rate, fused=True)
+
+
 def train(args: Args, run: "Run") -> None:
     envs = gym.vector.SyncVectorEnv([make_env(args.env_id, args.terminal_on_life_loss, args.noop_max)
                                      for _ in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -536,8 +538,7 @@ def train(args: Args, run: "Run") -> None:
     q_network = QNetwork(obs_space.shape, n_actions, args.hidden_sizes, args.dueling).to(run.device)
     target_network = QNetwork(obs_space.shape, n_actions, args.hidden_sizes, args.dueling).to(run.device)
     target_network.load_state_dict(q_network.state_dict())
-    # fused Adam updates all parameters in one kernel: 13-18% of a whole CPU run (benchmarks/sps.py)
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
+    optimizer = make_optimizer(q_network.parameters(), args)
     run.check_memory(FrameReplayBuffer.bytes_needed(args.buffer_size, obs_space, args.prioritized), "--buffer-size")
     # prioritized replay: a sum-tree of priorities, one leaf per replay slot
     priorities = PrioritizedSampler(args.num_envs * math.ceil(args.buffer_size / args.num_envs), args.alpha,

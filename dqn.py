@@ -35,6 +35,9 @@ class Args:
     LunarLander-v3 lands from 100-200k on; CleanRL: 500_000, rl-baselines3-zoo's LunarLander-v3: 100_000)"""
     learning_rate: float = 1e-3
     """Adam learning rate (CartPole-v1: our sweep; LunarLander-v3: rl-baselines3-zoo's; CleanRL: 2.5e-4)"""
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    """adam, or rmsprop: Mnih et al. 2015's centered RMSProp (squared-gradient momentum 0.95, min squared gradient
+    0.01; the paper's --learning-rate: 2.5e-4)"""
     num_envs: int = 1
     """number of environments stepped together"""
     buffer_size: int = 50_000
@@ -212,6 +215,14 @@ def update_target(target_network: nn.Module, q_network: nn.Module, tau: float) -
         target_param.lerp_(param, tau)
 
 
+def make_optimizer(parameters, args: Args) -> torch.optim.Optimizer:
+    """Adam, fused (one kernel for all parameters: FUSED_GAIN), or Mnih et al. 2015's RMSProp: centered, both
+    averages at 0.95, 0.01 added to the root of the squared gradients' variance (the paper adds it under the root)."""
+    if args.optimizer == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=args.learning_rate, alpha=0.95, eps=0.01, centered=True)
+    return torch.optim.Adam(parameters, lr=args.learning_rate, fused=True)
+
+
 def train(args: Args, run: "Run") -> None:
     envs = gym.vector.SyncVectorEnv([make_env(args.env_id) for _ in range(args.num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -219,8 +230,7 @@ def train(args: Args, run: "Run") -> None:
     q_network = QNetwork(obs_shape[0], n_actions, args.hidden_sizes).to(run.device)
     target_network = QNetwork(obs_shape[0], n_actions, args.hidden_sizes).to(run.device)
     target_network.load_state_dict(q_network.state_dict())
-    # fused Adam updates all parameters in one kernel: 13-18% of a whole CPU run (benchmarks/sps.py)
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
+    optimizer = make_optimizer(q_network.parameters(), args)
     run.check_memory(ReplayBuffer.bytes_needed(args.buffer_size, obs_shape), "--buffer-size")
     replay_buffer = ReplayBuffer(args.buffer_size, obs_shape, run.device)
     obs = run.start(envs, policy=partial(epsilon_greedy, q_network), eval_env=partial(make_env, args.env_id),

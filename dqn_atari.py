@@ -4,9 +4,12 @@ Mnih et al. 2015, "Human-level control through deep reinforcement learning" (Nat
 on the last 4 grayscale 84x84 frames, frame skip 4 (max-pooling the last two), up to 30 no-op starts, a lost life ending
 the training episode, rewards clipped to [-1, 1], a replay of 1M transitions (each frame stored once: 7.1 GB), a target
 network, epsilon-greedy exploration, and evaluation with epsilon 0.05 on whole games. Optimizer and schedule: the
-10M-step recipe of CleanRL's dqn_atari.py (Huang et al. 2022); docs/dqn_atari.md lists every departure from the paper.
+10M-step recipe of CleanRL's dqn_atari.py (Huang et al. 2022), Adam; the paper's RMSProp is `--optimizer rmsprop
+--learning-rate 2.5e-4` (centered, squared-gradient momentum 0.95, min squared gradient 0.01). docs/dqn_atari.md
+lists every departure from the paper.
 
     python dqn_atari.py --env-id PongNoFrameskip-v4 --cuda
+    python dqn_atari.py --env-id PongNoFrameskip-v4 --cuda --optimizer rmsprop --learning-rate 2.5e-4    # the paper's
     python dqn_atari.py --env-id BreakoutNoFrameskip-v4 --num-envs 4 --cuda --replay-on-gpu --capture-video
     python dqn_atari.py --resume runs/<run>                      # continue an interrupted run
 
@@ -39,6 +42,9 @@ class Args:
     """env steps (agent steps, 4 frames each) to train for, summed over all envs (Mnih et al. 2015: 50M)"""
     learning_rate: float = 1e-4
     """Adam learning rate (CleanRL; Mnih et al. 2015: RMSProp with 2.5e-4)"""
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    """adam, or rmsprop: Mnih et al. 2015's centered RMSProp (squared-gradient momentum 0.95, min squared gradient
+    0.01; the paper's --learning-rate: 2.5e-4)"""
     num_envs: int = 1
     """number of environments stepped together"""
     buffer_size: int = 1_000_000
@@ -291,6 +297,14 @@ def update_target(target_network: nn.Module, q_network: nn.Module, tau: float) -
         target_param.lerp_(param, tau)
 
 
+def make_optimizer(parameters, args: Args) -> torch.optim.Optimizer:
+    """Adam, or Mnih et al. 2015's RMSProp (--optimizer rmsprop --learning-rate 2.5e-4): centered, both averages at
+    0.95, 0.01 added to the root of the squared gradients' variance (the paper adds it under the root)."""
+    if args.optimizer == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=args.learning_rate, alpha=0.95, eps=0.01, centered=True)
+    return torch.optim.Adam(parameters, lr=args.learning_rate)
+
+
 def train(args: Args, run: "Run") -> None:
     vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
     envs = vector_env([make_env(args.env_id, args.terminal_on_life_loss, args.noop_max) for _ in range(args.num_envs)],
@@ -298,7 +312,7 @@ def train(args: Args, run: "Run") -> None:
     q_network = QNetwork(int(envs.single_action_space.n), args.hidden_sizes).to(run.device)
     target_network = QNetwork(int(envs.single_action_space.n), args.hidden_sizes).to(run.device)
     target_network.load_state_dict(q_network.state_dict())
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate)
+    optimizer = make_optimizer(q_network.parameters(), args)
     storage_device = run.device if args.replay_on_gpu else torch.device("cpu")
     run.check_memory(FrameReplayBuffer.bytes_needed(args.buffer_size), "--buffer-size", storage_device)
     replay_buffer = FrameReplayBuffer(args.buffer_size, args.num_envs, run.device, storage_device)
