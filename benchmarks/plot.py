@@ -6,15 +6,17 @@
 Reads every run directory under --runs-dir (args.json, metrics.csv, summary.json). One column per env; the top row
 draws episodic return against env steps, the bottom row against wall time since the run started. Each script (each
 exp name) is one line: the mean over its seeds of each seed's smoothed curve, with a shaded band (the standard
-deviation over seeds, or their min-max with --band minmax). Smoothing: each point is the mean of the last --smooth
-episodes of that seed. Published reference values are drawn as labelled horizontal lines (sources: REFERENCES).
+deviation over seeds, their min-max with --band minmax; --band iqm draws the interquartile mean with its 95%
+stratified-bootstrap interval). Smoothing: each point is the mean of the last --smooth episodes of that seed.
+Published reference values are drawn as labelled horizontal lines (sources: REFERENCES).
 
 The table gives, per script and env, the final evaluation return: each seed's summary.json `eval_mean` (the mean of
-its final greedy evaluation), as the mean ± standard deviation over seeds, with the number of seeds, env steps and
-wall time per run, and the env steps to the first evaluation whose mean reached the env's "solved" threshold (the
-median over seeds, and each seed's). Only finished runs count (summary.json with a status other than "interrupted");
-with --include-unfinished, runs still going or interrupted are drawn and tabulated too, marked "partial", their
-"final" value being the last evaluation in their metrics.csv.
+its final greedy evaluation), as the interquartile mean over seeds with its 95% stratified-bootstrap confidence
+interval (Agarwal et al. 2021, with rliable) and as the mean ± standard deviation, with the number of seeds, env
+steps and wall time per run, and the env steps to the first evaluation whose mean reached the env's "solved"
+threshold (the median over seeds, and each seed's). Only finished runs count (summary.json with a status other than
+"interrupted"); with --include-unfinished, runs still going or interrupted are drawn and tabulated too, marked
+"partial", their "final" value being the last evaluation in their metrics.csv.
 """
 
 import argparse
@@ -35,6 +37,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.stats  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -191,17 +194,42 @@ def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[ends] - sums[starts]) / (ends - starts)
 
 
+def iqm_and_interval(scores: np.ndarray, reps: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The interquartile mean over seeds (axis 0) of `scores` [seeds, points], and its 95% stratified-bootstrap
+    confidence interval at each point (Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice", with
+    their rliable; one task, so the IQM of a point is rliable's aggregate_iqm of its column). The bootstrap's seed is
+    fixed, so a table repeats."""
+    from rliable import library as rly  # imported only here: it takes seconds to import
+
+    def iqm(x: np.ndarray) -> np.ndarray:  # [seeds, 1 task, points] -> [points]
+        return scipy.stats.trim_mean(x[:, 0], proportiontocut=0.25, axis=0)
+
+    saved_state = np.random.get_state()
+    np.random.seed(0)  # rliable 1.2 resamples with numpy's global generator (not its random_state argument)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # one seed: an interval of zero width
+            point, interval = rly.get_interval_estimates({"runs": scores[:, None, :]}, iqm, reps=reps)
+    finally:
+        np.random.set_state(saved_state)
+    return point["runs"], interval["runs"][0], interval["runs"][1]
+
+
 def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], band: str, points: int = 300):
-    """Seeds' (x, y) curves -> (grid, mean, low, high) up to where the shortest seed ends, None if nothing to draw."""
+    """Seeds' (x, y) curves -> (grid, center, low, high) up to where the shortest seed ends, None if nothing to draw.
+    band "std" and "minmax": the mean, with ±1 std or the min and max; "iqm": the IQM and its 95% interval, from
+    where every seed has a value."""
     curves = [(x, y) for x, y in curves if len(x) > 0]
     if not curves:
         return None
     end = min(x[-1] for x, _ in curves)
-    start = min(x[0] for x, _ in curves)
+    start = (max if band == "iqm" else min)(x[0] for x, _ in curves)
     if end <= start:
         return None
-    grid = np.linspace(start, end, points)
+    grid = np.linspace(start, end, points if band != "iqm" else min(points, 100))  # 100: the bootstrap's cost
     stacked = np.array([np.interp(grid, x, y, left=np.nan, right=np.nan) for x, y in curves])  # [seeds, points]
+    if band == "iqm":
+        return (grid, *iqm_and_interval(stacked, reps=500))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # grid points before a seed's first episode: NaN
         mean = np.nanmean(stacked, axis=0)
@@ -300,12 +328,13 @@ def plot(groups: list[Group], envs: list[str], metric: str, smooth: int, band: s
         handles.append(plt.Line2D([], [], color=colors[name], linewidth=2,
                                   linestyle="--" if named[0].partial else "-",
                                   label=f"{named[0].label} ({seeds_text})"))
-    band_text = "±1 std over seeds" if band == "std" else "min to max over seeds"
+    band_text = {"std": "±1 std over seeds", "minmax": "min to max over seeds",
+                 "iqm": "95% stratified-bootstrap interval"}[band]
     what = {"charts/episodic_return": "Return of training episodes (ε-greedy)",
             "eval/episodic_return": "Evaluation return (mean of each evaluation)"}.get(metric, metric)
     unit_text = "episodes" if metric == "charts/episodic_return" else "values"
     smoothing = f"each seed smoothed as the mean of its last {smooth} {unit_text}" if smooth > 1 else "not smoothed"
-    title = f"{what}. Line: mean over seeds; band: {band_text}; {smoothing}."
+    title = f"{what}. Line: {'IQM' if band == 'iqm' else 'mean'} over seeds; band: {band_text}; {smoothing}."
     figure.suptitle(textwrap.fill(title, width=int(width * 11)), fontsize=11, y=0.985)
     figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.945), ncol=min(len(handles), 4),
                   fontsize=10, frameon=False)
@@ -365,15 +394,19 @@ def steps_to_threshold_text(runs: list[Run], threshold: Optional[float]) -> str:
 
 
 def table(groups: list[Group], envs: list[str]) -> str:
-    lines = ["| script | env | seeds | final eval return (mean ± std over seeds) | per seed | env steps | "
+    lines = ["| script | env | seeds | final eval return: IQM [95% CI] | mean ± std | per seed | env steps | "
              "wall time per run | env steps to the first eval ≥ solved: median (per seed) | published |",
-             "| --- | --- | ---: | ---: | --- | ---: | ---: | --- | --- |"]
+             "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |"]
     resumed = False
     for env_id in envs:
         for group in sorted((g for g in groups if g.env_id == env_id), key=lambda g: g.exp_name):
             values = [(run, *final_values(run)) for run in sorted(group.runs, key=lambda r: int(r.args["seed"]))]
             evals = [value for _, value, _, _ in values if value is not None]
             result = f"{np.mean(evals):.2f} ± {np.std(evals):.2f}" if evals else "-"
+            iqm = "-"
+            if evals:
+                center, low, high = (float(value[0]) for value in iqm_and_interval(np.array(evals)[:, None]))
+                iqm = f"{center:.2f} [{low:.2f}, {high:.2f}]"
             per_seed = ", ".join(f"s{run.args['seed']}: " + (f"{value:.2f}" if value is not None else "-")
                                  for run, value, _, _ in values)
             steps = sorted({steps for _, _, steps, _ in values})
@@ -383,11 +416,14 @@ def table(groups: list[Group], envs: list[str]) -> str:
                 resumed, wall = True, wall + " †"
             published = "; ".join(reference_text(reference) for reference in REFERENCES.get(env_id, []))
             to_solved = steps_to_threshold_text([run for run, *_ in values], solved_threshold(env_id))
-            lines.append(f"| {group.label} | {env_id} | {len(values)} | {result} | {per_seed} | {steps_text} | "
+            lines.append(f"| {group.label} | {env_id} | {len(values)} | {iqm} | {result} | {per_seed} | {steps_text} | "
                          f"{wall} | {to_solved} | {published or '-'} |")
     notes = ["", "Final eval return: each seed's `eval_mean` in summary.json, the mean return of the final greedy "
-             "evaluation; ± is the standard deviation over seeds (numpy `std`, ddof=0). Wall time: mean over seeds "
-             "of `wall_time_s`, each run on one CPU thread, several at a time. Env steps to the first eval ≥ solved: "
+             "evaluation. IQM: the interquartile mean over seeds (the mean of the middle 50%; with 3 seeds, the plain "
+             "mean), with its 95% stratified-bootstrap confidence interval (Agarwal et al. 2021, rliable, 2,000 "
+             "resamples of the seeds); ± is the standard deviation over seeds (numpy `std`, ddof=0). Wall time: "
+             "mean over seeds of `wall_time_s`, each run on one CPU thread, several at a time. Env steps to the "
+             "first eval ≥ solved: "
              "the step of each seed's first evaluation whose mean reached the env's solved threshold (below), "
              "and the median over seeds, a seed that never reached it counting as more than any other."]
     if any(group.partial for group in groups):
@@ -421,8 +457,10 @@ def main(argv: list[str]) -> int:
                         help="metric to draw (default: charts/episodic_return; also eval/episodic_return)")
     parser.add_argument("--smooth", type=int, default=10,
                         help="each seed's curve is the mean of its last SMOOTH values (episodes) (default: 10)")
-    parser.add_argument("--band", choices=["std", "minmax"], default="std",
-                        help="shaded band: ±1 standard deviation over seeds, or min to max (default: std)")
+    parser.add_argument("--band", choices=["std", "minmax", "iqm"], default="std",
+                        help="line and band: the mean over seeds with ±1 standard deviation (std) or with min to max "
+                             "(minmax), or the interquartile mean with its 95%% stratified-bootstrap interval (iqm) "
+                             "(default: std)")
     parser.add_argument("--include-unfinished", action="store_true",
                         help="also draw and tabulate runs that have not finished, marked partial")
     args = parser.parse_args(argv)

@@ -103,12 +103,15 @@ def test_plotter_writes_curves_and_a_table_matching_the_summaries(tiny_benchmark
                        key=lambda summary: summary["seed"])
     means = [summary["eval_mean"] for summary in summaries]
     assert cells[2] == "2"
-    assert cells[3] == f"{np.mean(means):.2f} ± {np.std(means):.2f}"
-    assert cells[4] == ", ".join(f"s{summary['seed']}: {summary['eval_mean']:.2f}" for summary in summaries)
-    assert cells[5] == "3,000"
-    assert cells[6] == plot_module.format_seconds(np.mean([summary["wall_time_s"] for summary in summaries]))
-    assert cells[7] == "never (s1: never, s2: never)"  # 3,000 steps are too few to balance a pole for 475 steps
-    assert "475.00 solved threshold" in cells[8]
+    iqm, low, high = map(float, re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cells[3]).groups())
+    assert iqm == pytest.approx(np.mean(means), abs=0.006)  # two seeds: the IQM is their mean
+    assert min(means) - 0.006 <= low <= iqm <= high <= max(means) + 0.006
+    assert cells[4] == f"{np.mean(means):.2f} ± {np.std(means):.2f}"
+    assert cells[5] == ", ".join(f"s{summary['seed']}: {summary['eval_mean']:.2f}" for summary in summaries)
+    assert cells[6] == "3,000"
+    assert cells[7] == plot_module.format_seconds(np.mean([summary["wall_time_s"] for summary in summaries]))
+    assert cells[8] == "never (s1: never, s2: never)"  # 3,000 steps are too few to balance a pole for 475 steps
+    assert "475.00 solved threshold" in cells[9]
 
 
 def test_shards_partition_the_combinations_whatever_the_order_given(fake_script):
@@ -257,9 +260,24 @@ def test_table_leaves_out_unfinished_runs_unless_asked_and_then_marks_them(tmp_p
     write_run(tmp_path, 3, "interrupted", 50.0)
     runs = plot_module.load_runs([tmp_path])
     finished = plot_module.table(plot_module.group_runs(runs, include_unfinished=False), ["CartPole-v1"])
-    assert "| dqn.py | CartPole-v1 | 2 | 200.00 ± 100.00 | s1: 100.00, s2: 300.00 | 990 |" in finished
+    assert "| dqn.py | CartPole-v1 | 2 | 200.00 [100.00, 300.00] | 200.00 ± 100.00 | s1: 100.00, s2: 300.00 | 990 |" \
+        in finished
     everything = plot_module.table(plot_module.group_runs(runs, include_unfinished=True), ["CartPole-v1"])
-    assert "| dqn.py [partial] | CartPole-v1 | 3 | 150.00 ± 108.01 | s1: 100.00, s2: 300.00, s3: 50.00 |" in everything
+    assert "| dqn.py [partial] | CartPole-v1 | 3 | 150.00 [50.00, 300.00] | 150.00 ± 108.01 | s1: 100.00, s2: 300.00, " \
+        "s3: 50.00 |" in everything
+
+
+def test_the_interquartile_mean_drops_the_outer_quarters_and_its_interval_comes_from_resampling_the_seeds():
+    scores = np.array([[100.0], [200.0], [300.0], [400.0], [10_000.0]])  # five seeds of one point; one outlier
+    iqm, low, high = (float(value[0]) for value in plot_module.iqm_and_interval(scores))
+    assert iqm == 300.0  # the mean of the middle three: the outlier and the lowest seed are cut
+    assert 100.0 <= low < iqm < high <= 10_000.0
+    again = [float(value[0]) for value in plot_module.iqm_and_interval(scores)]
+    assert again == [iqm, low, high]  # a fixed bootstrap seed: the table repeats
+    # a resample of the same seed five times has that seed's score, so the interval reaches toward the extremes
+    assert low <= 200.0 and high >= 400.0
+    curves = plot_module.iqm_and_interval(np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]]), reps=200)
+    assert curves[0].tolist() == [3.0, 4.0]  # four seeds: the mean of the middle two, at each point
 
 
 def test_smoothing_is_a_trailing_mean_over_the_stated_window():
