@@ -40,15 +40,17 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import optuna
+import scipy.stats
 import sqlalchemy
 import tyro
 from optuna.trial import TrialState
 
-from script_runs import REPO_ROOT, MetricsFollower, Script, ScriptError, find_script, launch, load_script, stop
+from script_runs import (REPO_ROOT, MetricsFollower, Script, ScriptError, find_script, launch, load_script,
+                         stop)
 
 # The default search space of each script, in the syntax of --space. Ranges bracket each script's own defaults, which
-# come from the papers and tuned sets its docstrings cite (a test checks this); a width is searched only where the script
-# has --hidden-sizes (for dqn_atari.py, the width of the layer after the convolutions).
+# come from the papers and tuned sets its docstrings cite (a test checks this); a width is searched only where the
+# script has --hidden-sizes (for dqn_atari.py, the width of the layer after the convolutions).
 SEARCH_SPACES: dict[str, dict[str, str]] = {
     "dqn.py": {
         "learning-rate": "log:1e-4:3e-3",
@@ -117,7 +119,13 @@ class Args:
     startup_trials: int = 5
     """trials sampled at random before TPE takes over, and finished before the median pruner judges any trial"""
     seed: int = 1
-    """--seed of every trial, so trials differ only by their parameters"""
+    """--seed of every trial's first run, so trials differ only by their parameters"""
+    seeds_per_trial: int = 1
+    """runs per trial, with seeds --seed, --seed + 1, ...: run at the same time (one core each), pruned and scored
+    together, so that a study does not reward a lucky seed"""
+    aggregate: Literal["mean", "iqm"] = "mean"
+    """how a trial's objective and its pruned evaluations combine its seeds: the mean, or the interquartile mean (the
+    mean of the middle 50%, Agarwal et al. 2021; with fewer than 4 seeds, the mean)"""
     sampler_seed: Optional[int] = None
     """seed of the TPE sampler (None: random; give each worker a different one if you set it)"""
     threads: int = 1
@@ -372,9 +380,8 @@ class Worker:
     last_outcome: str = ""
     quiet_trial: Optional[int] = None  # a trial whose failure this worker has explained itself
 
-    def trial_argv(self, params: dict, trial_dir: Path) -> list[str]:
-        argv = [*self.fixed, *params_argv(params, self.space), "--seed", str(self.args.seed),
-                "--runs-dir", str(trial_dir)]
+    def trial_argv(self, params: dict, run_dir: Path, seed: int) -> list[str]:
+        argv = [*self.fixed, *params_argv(params, self.space), "--seed", str(seed), "--runs-dir", str(run_dir)]
         fixed = set(flag_names(self.fixed))
         if self.script.has_flag("save-model") and not {"save-model", "no-save-model"} & fixed:
             argv.append("--no-save-model")  # checkpoints of every trial would fill the disk
@@ -399,57 +406,78 @@ class Worker:
         trial_dir = self.study_dir / f"trial_{trial.number:04d}"
         if trial_dir.exists():  # a study of the same name was deleted and made again
             trial_dir = trial_dir.with_name(f"{trial_dir.name}_{int(time.time())}")
-        argv = self.trial_argv(params, trial_dir)
-        trial.set_user_attr("command", shlex.join(["python", self.script.command_path, *argv]))
+        seeds = [self.args.seed + k for k in range(self.args.seeds_per_trial)]
+        # one run directory per seed: trial_0007/ itself for one seed, trial_0007/seed_2/ ... for several
+        run_dirs = [trial_dir] if len(seeds) == 1 else [trial_dir / f"seed_{seed}" for seed in seeds]
+        argvs = [self.trial_argv(params, run_dir, seed) for run_dir, seed in zip(run_dirs, seeds)]
+        trial.set_user_attr("command", shlex.join(["python", self.script.command_path, *argvs[0]]))
         try:
-            self.script.check(argv)
+            self.script.check(argvs[0])
         except ScriptError as error:
             return self.fail(trial, f"invalid settings: {error}")
-        trial_dir.mkdir(parents=True)
         trial.set_user_attr("trial_dir", str(trial_dir))
-        started = time.perf_counter()
-        with open(trial_dir / "output.log", "wb") as log:
-            process = launch(self.script.path, argv, stdout=log, stderr=subprocess.STDOUT, threads=self.args.threads)
-        print(f"trial {trial.number} started: {describe(params)}", flush=True)
-        follower, reported = None, set()
+        started, processes = time.perf_counter(), []
         try:
-            while True:
-                running = process.poll() is None
-                if follower is None and (found := sorted(trial_dir.glob("*/metrics.csv"))):
-                    follower = MetricsFollower(found[0])
-                evaluations = [(step, value) for step, name, value in (follower.new_rows() if follower else [])
-                               if name == METRIC]
-                for step, value in evaluations:
-                    if step in reported:
-                        continue  # the final evaluation may repeat the last periodic one's step
-                    reported.add(step)
-                    trial.report(value, step)
-                    if running and trial.should_prune():
-                        stop(process)
-                        trial.set_user_attr("pruned_at_step", step)
-                        self.last_outcome = (f"pruned at step {step:,}: evaluation {value:.2f} "
-                                             f"({time.perf_counter() - started:.0f} s)")
-                        raise optuna.TrialPruned(f"evaluation {value:.2f} at step {step}")
-                if not running:
-                    break
-                time.sleep(POLL_SECONDS)
+            for run_dir, argv in zip(run_dirs, argvs):
+                run_dir.mkdir(parents=True)
+                with open(run_dir / "output.log", "wb") as log:
+                    processes.append(launch(self.script.path, argv, stdout=log, stderr=subprocess.STDOUT,
+                                            threads=self.args.threads))
+            print(f"trial {trial.number} started: {describe(params)}"
+                  + (f" (seeds {seeds[0]}-{seeds[-1]})" if len(seeds) > 1 else ""), flush=True)
+            self.follow(trial, run_dirs, processes, started)
         finally:
-            stop(process)  # Ctrl-C or an error in the tuner: the run must not go on alone
-        summaries = sorted(trial_dir.glob("*/summary.json"))
-        if summaries:
-            trial.set_user_attr("run_dir", str(summaries[0].parent))
-        if process.returncode != 0 or not summaries:
-            tail = (trial_dir / "output.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            return self.fail(trial, f"exit status {process.returncode}: {tail[0][:300]} "
-                                    f"(log: {trial_dir / 'output.log'})")
-        summary = json.loads(summaries[0].read_text())
-        value = summary.get(self.args.objective)
-        if summary.get("status") not in ("finished", "target_reached") or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
-            return self.fail(trial, f"the run ended with status {summary.get('status')!r} and "
-                                    f"{self.args.objective} {value!r} ({summaries[0]})")
-        self.last_outcome = f"complete: {self.args.objective} {value:.2f} ({time.perf_counter() - started:.0f} s)"
-        return float(value)
+            for process in processes:
+                stop(process)  # Ctrl-C, a pruned trial or an error in the tuner: no run goes on alone
+        values = []
+        for run_dir, process in zip(run_dirs, processes):
+            summaries = sorted(run_dir.glob("*/summary.json"))
+            if process.returncode != 0 or not summaries:
+                tail = (run_dir / "output.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                return self.fail(trial, f"exit status {process.returncode}: {tail[0][:300]} "
+                                        f"(log: {run_dir / 'output.log'})")
+            summary = json.loads(summaries[0].read_text())
+            value = summary.get(self.args.objective)
+            if summary.get("status") not in ("finished", "target_reached") or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                return self.fail(trial, f"the run ended with status {summary.get('status')!r} and "
+                                        f"{self.args.objective} {value!r} ({summaries[0]})")
+            values.append(float(value))
+        trial.set_user_attr("run_dir", str(sorted(run_dirs[0].glob("*/summary.json"))[0].parent))
+        if len(seeds) > 1:
+            trial.set_user_attr("seed_values", dict(zip(map(str, seeds), values)))
+        value = combine(values, self.args.aggregate)
+        self.last_outcome = (f"complete: {self.args.objective} {value:.2f}"
+                             + (f" ({self.args.aggregate} of {', '.join(f'{v:.2f}' for v in values)})"
+                                if len(values) > 1 else "") + f" ({time.perf_counter() - started:.0f} s)")
+        return value
+
+    def follow(self, trial: optuna.Trial, run_dirs: list[Path], processes: list, started: float) -> None:
+        """Report each evaluation step that every seed has reached, as the aggregate of the seeds' evaluations there,
+        until the runs end; prune the trial (stopping its runs) when the pruner says so."""
+        followers: list[Optional[MetricsFollower]] = [None] * len(run_dirs)
+        evaluations: list[dict[int, float]] = [{} for _ in run_dirs]
+        reported = set()
+        while True:
+            running = any(process.poll() is None for process in processes)
+            for i, run_dir in enumerate(run_dirs):
+                if followers[i] is None and (found := sorted(run_dir.glob("*/metrics.csv"))):
+                    followers[i] = MetricsFollower(found[0])
+                for step, name, value in followers[i].new_rows() if followers[i] else []:
+                    if name == METRIC:
+                        evaluations[i].setdefault(step, value)  # the final evaluation may repeat the last step
+            for step in sorted(set.intersection(*(set(seed) for seed in evaluations)) - reported):
+                reported.add(step)
+                value = combine([seed[step] for seed in evaluations], self.args.aggregate)
+                trial.report(value, step)
+                if running and trial.should_prune():
+                    trial.set_user_attr("pruned_at_step", step)
+                    self.last_outcome = (f"pruned at step {step:,}: evaluation {value:.2f} "
+                                         f"({time.perf_counter() - started:.0f} s)")
+                    raise optuna.TrialPruned(f"evaluation {value:.2f} at step {step}")
+            if not running:
+                return
+            time.sleep(POLL_SECONDS)
 
     def fail(self, trial: optuna.Trial, reason: str) -> float:
         trial.set_user_attr("failure", reason)
@@ -496,6 +524,13 @@ class QuietHandledFailures(logging.Filter):
         return number is None or not record.getMessage().startswith(f"Trial {number} failed")
 
 
+def combine(values: list[float], aggregate: str) -> float:
+    """The mean of the seeds' values, or their interquartile mean (the 25% trimmed mean, as rliable computes it)."""
+    if aggregate == "iqm":
+        return float(scipy.stats.trim_mean(values, proportiontocut=0.25))
+    return float(sum(values) / len(values))
+
+
 def describe(params: dict) -> str:
     return " ".join(f"{flag}={value:.3g}" if isinstance(value, float) else f"{flag}={value}"
                     for flag, value in params.items())
@@ -504,7 +539,7 @@ def describe(params: dict) -> str:
 
 def check_args(args: Args) -> None:
     problems = []
-    for name in ("n_trials", "threads", "max_failures"):
+    for name in ("n_trials", "threads", "max_failures", "seeds_per_trial"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
     if args.startup_trials < 0:
@@ -559,6 +594,8 @@ def best_result(study: optuna.Study, worker: Worker, shown_storage: str) -> Opti
             "--seed", str(worker.args.seed)]
     return {"study": study.study_name, "storage": shown_storage, "script": worker.script.given,
             "objective": worker.args.objective, "value": best.value, "trial": best.number, "params": best.params,
+            "seeds": [worker.args.seed + k for k in range(worker.args.seeds_per_trial)],
+            "aggregate": worker.args.aggregate, "seed_values": best.user_attrs.get("seed_values"),
             "run_dir": best.user_attrs.get("run_dir"), "argv": argv,
             "command": shlex.join(["python", worker.script.command_path, *argv]),
             "trials": {"complete": count[TrialState.COMPLETE], "pruned": count[TrialState.PRUNED],
@@ -579,7 +616,8 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
     storage = open_storage(args.storage)
     shown_storage, _ = storage_settings(args.storage)
     config = {"script": script.name, "fixed": fixed, "space": {flag: d.spec() for flag, d in space.items()},
-              "objective": args.objective, "seed": args.seed}
+              "objective": args.objective, "seed": args.seed, "seeds_per_trial": args.seeds_per_trial,
+              "aggregate": args.aggregate}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = join_study(args, storage, study_name, total_timesteps, config)
@@ -589,7 +627,8 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
     worker = Worker(args, script, space, fixed, study, study_dir, total_timesteps)
 
     print(f"study {study_name!r} in {shown_storage}: {args.n_trials} trials of {script.given}, "
-          f"{total_timesteps:,} steps each, maximizing {args.objective}")
+          f"{total_timesteps:,} steps each, maximizing {args.objective}" + (
+              f" ({args.aggregate} over {args.seeds_per_trial} seeds a trial)" if args.seeds_per_trial > 1 else ""))
     for flag, distribution in space.items():
         print(f"  --{flag:<26} {distribution.spec()}")
     for note in notes:

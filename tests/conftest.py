@@ -104,8 +104,9 @@ def run_script(args: list[str], cwd=None, env_extra=None, timeout=300) -> subpro
 
 # A stand-in with the scripts' interface (Args, RunArgs, parse_command_line, the checks, the run directory's files) for
 # the tests of the runner and the tuner, which are about running scripts, not training: no torch, one evaluation every
-# --eval-frequency steps, STUB_EVAL_SECONDS apart. STUB_FAIL_SEED makes that seed exit with status 1; STUB_WAIT makes
-# the run wait (up to 60 s) for a SIGINT or SIGTERM, as a long run would, and end "interrupted".
+# --eval-frequency steps, STUB_EVAL_SECONDS apart, each seed STUB_POINTS_PER_SEED x its seed higher. STUB_FAIL_SEED
+# makes that seed exit with status 1; STUB_WAIT makes the run wait (up to 60 s) for a SIGINT or SIGTERM, as a long run
+# would, and end "interrupted".
 STUB_SCRIPT = '''"""Stand-in for a DQN script: the same flags and files, evaluations on a schedule, no training."""
 import dataclasses, json, math, os, signal, sys, time
 from dataclasses import dataclass
@@ -173,6 +174,7 @@ if __name__ == "__main__":
     (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args) | dataclasses.asdict(run_args)))
     (run_dir / "argv.json").write_text(json.dumps(sys.argv[1:]))
     final = 100.0 - 20.0 * abs(math.log10(args.learning_rate) + 3.0) - args.batch_size / 64
+    final += float(os.environ.get("STUB_POINTS_PER_SEED", "0")) * run_args.seed  # seeds that differ, if asked
     status = "finished"
     try:
         with open(run_dir / "metrics.csv", "w") as file:

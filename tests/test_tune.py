@@ -122,6 +122,36 @@ def assert_stopped(trial_dir: Path) -> None:
 # instead of the several that importing torch and training take, so six trials race for the budget, not three.
 
 
+def test_a_trial_of_several_seeds_runs_each_and_reports_and_scores_their_aggregate(tmp_path, monkeypatch):
+    """Three seeds per trial of the stub, whose seed s ends 10 x s higher: every report and the objective are the
+    mean over the seeds (the pruner sees the running aggregate), and each seed is a run of its own."""
+    (tmp_path / "stub_dqn.py").write_text(STUB_SCRIPT)
+    monkeypatch.setenv("STUB_POINTS_PER_SEED", "10")
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    result = tune.main(["--script", str(tmp_path / "stub_dqn.py"), "--storage", storage, "--runs-dir",
+                        str(tmp_path / "runs"), "--n-trials", "2", "--study-name", "seeds", "--seed", "4",
+                        "--seeds-per-trial", "3"])
+    for trial in load(storage, "seeds").trials:
+        seed_dirs = sorted((tmp_path / "runs" / "seeds" / f"trial_{trial.number:04d}").glob("seed_*"))
+        assert [path.name for path in seed_dirs] == ["seed_4", "seed_5", "seed_6"]
+        summaries = [json.loads(next(path.glob("*/summary.json")).read_text()) for path in seed_dirs]
+        assert [summary["seed"] for summary in summaries] == [4, 5, 6]
+        finals = [summary["eval_mean"] for summary in summaries]
+        assert finals[1] - finals[0] == pytest.approx(10.0) and finals[2] - finals[1] == pytest.approx(10.0)
+        assert trial.value == pytest.approx(sum(finals) / 3)
+        assert trial.user_attrs["seed_values"] == {str(seed): final for seed, final in zip([4, 5, 6], finals)}
+        # the evaluation at each step, averaged over the seeds: the stub's runs climb linearly to their final value
+        assert trial.intermediate_values == pytest.approx({100: trial.value / 3, 200: 2 * trial.value / 3,
+                                                           300: trial.value})
+    assert result["seeds"] == [4, 5, 6] and result["aggregate"] == "mean"
+
+
+def test_the_interquartile_mean_of_seeds_drops_the_best_and_the_worst_quarter():
+    assert tune.combine([1.0, 2.0, 3.0, 100.0], "iqm") == 2.5
+    assert tune.combine([1.0, 2.0, 3.0, 100.0], "mean") == 26.5
+    assert tune.combine([1.0, 2.0, 6.0], "iqm") == 3.0  # fewer than four seeds: nothing to cut
+
+
 def run_two_workers(tmp_path: Path, storage: str, n_trials: int) -> str:
     """Start two tune.py processes on one study at once; check that together they finish exactly `n_trials` trials."""
     (tmp_path / "stub_dqn.py").write_text(STUB_SCRIPT)
