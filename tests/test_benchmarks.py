@@ -232,13 +232,18 @@ def test_settings_that_contradict_a_finished_run_are_refused_defaults_included(f
 
 
 def test_flags_after_the_separator_are_checked_by_the_scripts_parser_before_any_run(tmp_path):
-    common = ["--scripts", "dqn.py:CartPole-v1", "--seeds", "1", "--runs-dir", str(tmp_path / "runs"), "--"]
-    for flags, message in [(["--learning-rat", "3"], "Unrecognized options: --learning-rat"),
-                           (["--loss", "l1"], "invalid choice 'l1' for argument '--loss'"),
+    result = run_runner("--scripts", "dqn.py:CartPole-v1", "--seeds", "1", "--runs-dir", str(tmp_path / "runs"), "--",
+                        "--learning-rat", "3")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "Unrecognized options: --learning-rat" in result.stderr and not (tmp_path / "runs").exists()
+    combinations = run_module.build_combinations(["dqn.py:CartPole-v1"], None, [1], None)
+    for flags, message in [(["--loss", "l1"], "invalid choice 'l1' for argument '--loss'"),
                            (["--gamma", "nan"], "--gamma must be a finite number (got nan)")]:
-        result = run_runner(*common, *flags)
-        assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
-        assert not (tmp_path / "runs").exists()
+        with pytest.raises(run_module.UsageError, match=re.escape(message)):
+            run_module.requested_settings(combinations, flags)
+    # and what parses gives every setting, the script's defaults included
+    settings = run_module.requested_settings(combinations, ["--learning-rate", "5e-4"])[combinations[0]]
+    assert settings["learning_rate"] == 5e-4 and settings["gamma"] == 0.99 and settings["hidden_sizes"] == [128, 128]
 
 
 def write_run(runs_dir: Path, seed: int, status: str, eval_mean: float) -> None:

@@ -1,6 +1,7 @@
 """The docs: a short README with the commands CI runs near its top, a page per script and per tool, links and images
 that resolve, a license, and only the four algorithm scripts at the top level."""
 
+import importlib
 import re
 from pathlib import Path
 
@@ -64,3 +65,18 @@ def test_the_top_level_holds_only_the_four_algorithm_scripts():
 def test_the_text_speaks_of_the_project_not_of_who_wrote_it_when():
     for page in ["README.md", *PAGES]:
         assert not re.search(r"\bsessions?\b", (ROOT / page).read_text(), flags=re.I), page
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_flag_the_docs_give_a_script_exists(script):
+    module = importlib.import_module(script.removesuffix(".py"))
+    known = {name.replace("_", "-") for kind in (module.Args, module.RunArgs) for name in kind.__dataclass_fields__}
+    known |= {"no-" + name for name in known} | {"help"}
+    flags = set()
+    for page in ["README.md", *PAGES]:
+        for line in (ROOT / page).read_text().splitlines():
+            if f"python {script} " in line:  # a command line of this script (before a shell comment)
+                command = line.split(f"python {script} ", 1)[1].split("#")[0]
+                flags |= set(re.findall(r"(?<![\w-])--([a-z][a-z0-9-]*)", command.split(" -- ")[0]))
+    assert flags, f"no command line of {script} in the docs"
+    assert flags <= known, f"{script} has no flag {sorted(flags - known)}"

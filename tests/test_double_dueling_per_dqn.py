@@ -4,7 +4,6 @@ ends, the frame replay's priorities on Atari, bad input, and smoke runs on Lunar
 
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 import double_dueling_per_dqn as ddp
 import dqn
-from conftest import ROOT, StepCounterEnv, read_metrics, run_script, settings, train
+from conftest import StepCounterEnv, read_metrics, run_script, settings, train
 
 GAMMA = 0.9
 SMALL = dict(env_id="CartPole-v1", total_timesteps=1000, learning_starts=200, batch_size=32, buffer_size=2000,
@@ -599,16 +598,3 @@ def test_smoke_run_on_real_pong_with_every_extension_on_and_3_step_returns(tmp_p
     q_network = torch.load(run_dir / "checkpoint.pt", weights_only=True)["state"]["q_network"]
     assert "torso.0.weight" in q_network and "value_head.2.weight" in q_network
     assert (run_dir / "summary.json").exists() and (run_dir / "args.json").exists()
-
-
-def test_every_flag_the_readme_mentions_for_this_script_exists():
-    readme = (ROOT / "README.md").read_text()
-    flags = set()
-    for line in readme.splitlines():
-        if "double_dueling_per_dqn.py --" in line or "python double_dueling_per_dqn.py" in line:
-            flags |= set(re.findall(r"--([a-z][a-z0-9-]*)", line.split("#")[0]))
-    known = {name.replace("_", "-") for kind in (ddp.Args, ddp.RunArgs) for name in kind.__dataclass_fields__}
-    known |= {"no-" + name for name in known} | {"help"}
-    if "## double_dueling_per_dqn.py" not in readme:
-        pytest.skip("no README section yet")
-    assert flags and flags <= known, flags - known
