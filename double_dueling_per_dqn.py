@@ -389,8 +389,6 @@ class FrameReplayBuffer:
         transition newest - n, whose window now reaches the newest frame; after an episode's first frame, the last
         n - 1 transitions of the episode that ended, whose windows stop at its end."""
         offsets = np.arange(2, self.n_step + 1) if episode_started else np.array([self.n_step])  # j = newest - offset
-        if len(offsets) == 0:  # one-step transitions: an episode's first frame completes none
-            return offsets
         envs = np.repeat(env_indices, len(offsets))
         slots = (self.written[env_indices, None] - 1 - offsets).ravel()
         keep = slots >= self.lowest_slots(envs)  # the obs frames are still in the ring
@@ -819,7 +817,7 @@ class Run:
                 self.run_dir = self.run_dir.with_name(self.run_dir.name + "_")
             self.run_dir.mkdir(parents=True)
         settings = {"args": dataclasses.asdict(self.args), "run_args": dataclasses.asdict(self.run_args)}
-        (self.run_dir / "args.json").write_text(json.dumps(settings["args"] | settings["run_args"], indent=2))
+        (self.run_dir / "args.json").write_text(json.dumps(flat := settings["args"] | settings["run_args"], indent=2))
         if self.run_args.track:
             import wandb
             self.wandb_run = wandb.init(project=self.run_args.wandb_project_name, entity=self.run_args.wandb_entity,
@@ -827,7 +825,7 @@ class Run:
                                         resume="allow", dir=str(self.run_dir), config=settings)
         from torch.utils.tensorboard import SummaryWriter  # TensorBoard event files, imported only for training
         self.tensorboard = SummaryWriter(self.run_dir, purge_step=self.global_step + 1 if checkpoint else None)
-        table = "\n".join(f"| {name} | {value} |" for name, value in (settings["args"] | settings["run_args"]).items())
+        table = "\n".join(f"| {name} | {value} |" for name, value in flat.items())
         self.tensorboard.add_text("hyperparameters", "| setting | value |\n| --- | --- |\n" + table, self.global_step)
         self.metrics = open(self.run_dir / "metrics.csv", "a", newline="")  # flushed per row: a crash loses nothing
         self.metrics_writer = csv.writer(self.metrics)

@@ -578,7 +578,7 @@ class Run:
                 self.run_dir = self.run_dir.with_name(self.run_dir.name + "_")
             self.run_dir.mkdir(parents=True)
         settings = {"args": dataclasses.asdict(self.args), "run_args": dataclasses.asdict(self.run_args)}
-        (self.run_dir / "args.json").write_text(json.dumps(settings["args"] | settings["run_args"], indent=2))
+        (self.run_dir / "args.json").write_text(json.dumps(flat := settings["args"] | settings["run_args"], indent=2))
         if self.run_args.track:
             import wandb
             self.wandb_run = wandb.init(project=self.run_args.wandb_project_name, entity=self.run_args.wandb_entity,
@@ -586,7 +586,7 @@ class Run:
                                         resume="allow", dir=str(self.run_dir), config=settings)
         from torch.utils.tensorboard import SummaryWriter  # TensorBoard event files, imported only for training
         self.tensorboard = SummaryWriter(self.run_dir, purge_step=self.global_step + 1 if checkpoint else None)
-        table = "\n".join(f"| {name} | {value} |" for name, value in (settings["args"] | settings["run_args"]).items())
+        table = "\n".join(f"| {name} | {value} |" for name, value in flat.items())
         self.tensorboard.add_text("hyperparameters", "| setting | value |\n| --- | --- |\n" + table, self.global_step)
         self.metrics = open(self.run_dir / "metrics.csv", "a", newline="")  # flushed per row: a crash loses nothing
         self.metrics_writer = csv.writer(self.metrics)

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from script_runs import REPO_ROOT, read_json  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -130,13 +130,6 @@ class Group:
         script = self.runs[0].script
         name = f"{script}.py" if self.exp_name == script else f"{script}.py ({self.exp_name})"
         return name + (" [partial]" if self.partial else "")
-
-
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:

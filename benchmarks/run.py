@@ -166,15 +166,17 @@ def check_extra_args(extra_args: list[str]) -> None:
 def requested_settings(combinations: list[Combination], extra_args: list[str]) -> dict[Combination, dict]:
     """Every setting (defaults included) each combination's run gets, parsed and checked by its script's own parser
     and checks, so that a bad flag after -- is refused before any run starts."""
-    scripts, requested = {}, {}
+    scripts, checked, requested = {}, set(), {}
     for combination in combinations:
         path = combination.script
         try:
-            script = scripts.get(path) or scripts.setdefault(path, load_script(combination.script_name, path))
+            if path not in scripts:
+                scripts[path] = load_script(combination.script_name, path)
             argv = [*extra_args, "--env-id", combination.env_id, "--seed", str(combination.seed)]
-            if (path, combination.env_id) not in {(c.script, c.env_id) for c in requested}:
-                script.check(argv)  # once per (script, env): it makes the env
-            requested[combination] = script.settings(argv)
+            if (path, combination.env_id) not in checked:  # once per (script, env): the checks make the env
+                scripts[path].check(argv)
+                checked.add((path, combination.env_id))
+            requested[combination] = scripts[path].settings(argv)
         except ScriptError as error:
             raise UsageError(str(error)) from None
     return requested

@@ -321,8 +321,8 @@ def main() -> None:
     best = {name: (statistics.median(wall for wall, _ in runs), statistics.median(cpu for _, cpu in runs))
             for name, runs in rates.items()}
     print(f"\nenv steps per second over {options.steps:,} learning-phase steps (epsilon 0.05), the median of "
-          f"{options.rounds} alternating rounds;\nby wall time, and by CPU time (= wall time on an idle machine, for one "
-          "thread)")
+          f"{options.rounds} alternating rounds;\nby wall time, and by CPU time (= wall time on an idle machine, for "
+          "one thread)")
     for reference in references:
         reference_wall, reference_cpu = best[reference]
         print(f"\nratios to the {reference}")
