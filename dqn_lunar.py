@@ -35,6 +35,8 @@ class Args:
     LunarLander-v3 lands from 100-200k on; CleanRL: 500_000, rl-baselines3-zoo's LunarLander-v3: 100_000)"""
     learning_rate: float = 6.3e-4
     """Adam learning rate (CartPole-v1: our sweep; LunarLander-v3: rl-baselines3-zoo's; CleanRL: 2.5e-4)"""
+    end_learning_rate: Optional[float] = None
+    """learning rate at the last step, reached linearly from `learning_rate` (None: constant, as in the paper)"""
     optimizer: Literal["adam", "rmsprop"] = "adam"
     """adam, or rmsprop: Mnih et al. 2015's centered RMSProp (squared-gradient momentum 0.95, min squared gradient
     0.01; the paper's --learning-rate: 2.5e-4)"""
@@ -90,6 +92,8 @@ def check_args(args: Args, run_args) -> list[str]:
     env.close()
     problems = [] if isinstance(env.action_space, gym.spaces.Discrete) else [
         f"{SCRIPT}.py needs a Discrete action space; {args.env_id} has {env.action_space}"]
+    if args.end_learning_rate is not None and not 0 <= args.end_learning_rate < math.inf:
+        problems.append(f"--end-learning-rate must be >= 0 and finite, or None (got {args.end_learning_rate})")
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
         problems.append(f"{SCRIPT}.py needs a 1-D Box observation space; {args.env_id} has {env.observation_space}"
                         + (" (images: use dqn_atari.py)" if isinstance(env.observation_space, gym.spaces.Box) else ""))
@@ -255,6 +259,9 @@ def train(args: Args, run: "Run") -> None:
         obs = next_obs
 
         if global_step > learning_starts:
+            if args.end_learning_rate is not None:  # the learning rate falls linearly over the run, if asked
+                optimizer.param_groups[0]["lr"] = linear_schedule(args.learning_rate, args.end_learning_rate,
+                                                                  args.total_timesteps, global_step)
             # every train_frequency steps: a gradient step on the TD error of a minibatch from the replay
             for _ in range(args.gradient_steps * run.due(args.train_frequency)):
                 batch = replay_buffer.sample(args.batch_size, run.rng)

@@ -1,30 +1,33 @@
-"""Run a benchmark: every (script, env, seed) combination as its own process, N at a time, skipping finished ones.
+"""Run a benchmark: every (script, env, seed) combination as its own process or Slurm job, skipping finished ones.
 
     python benchmarks/run.py --scripts dqn.py --env-ids CartPole-v1 Acrobot-v1 --seeds 1 2 3 --workers 2
     python benchmarks/run.py --scripts dqn.py:CartPole-v1,Acrobot-v1 dqn_lunar.py:LunarLander-v3 --seeds 1 2 3
     python benchmarks/run.py --scripts dqn.py --env-ids CartPole-v1 --seeds 1 2 -- --total-timesteps 50000
     python benchmarks/run.py ... --shard 2/3      # this machine's third of the work; all three share --runs-dir
+    python benchmarks/run.py --cluster slurm --slurm.partition gpu --slurm.gpus 1 --slurm.time-min 600 \
+        --scripts dqn_atari.py --env-ids PongNoFrameskip-v4 BreakoutNoFrameskip-v4 --seeds 1 2 3 -- --cuda
 
 Every run is `python SCRIPT --env-id ENV --seed N --runs-dir RUNS_DIR --exp-name NAME [args after --]` with one
 thread (OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1), its stdout and stderr appended to
-`RUNS_DIR/_logs/`. The runs themselves write their directories under RUNS_DIR as usual; `benchmarks/plot.py` draws
-them. Exit status: 0 when every run of this shard has finished, 1 when one failed, 2 for a usage error, 130 when
-interrupted.
+`RUNS_DIR/_logs/`: a child process of this runner (--cluster local), or a Slurm job (--cluster slurm, through
+submitit; its submission files in `RUNS_DIR/_slurm/`). A run cut short by SIGTERM (a preempted or cancelled job, one
+at its time limit, a `kill`) saves a checkpoint and is submitted again with --resume, up to --max-resumes times.
+The runs write their directories under RUNS_DIR as usual; `benchmarks/plot.py` draws them. Exit status: 0 when every
+run of this shard has finished, 1 when one failed, 2 for a usage error, 130 when interrupted.
 """
 
 import argparse
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
-from script_runs import (REPO_ROOT, MetricsFollower, ScriptError, find_script, launch, load_script, read_json,
-                         setting_conflicts)
+import cluster
+from script_runs import REPO_ROOT, MetricsFollower, ScriptError, find_script, load_script, read_json, setting_conflicts
 
 # the runner sets these per run; after `--` they would silently break the skip logic or collide between runs
 RESERVED_FLAGS = ["--env-id", "--seed", "--runs-dir", "--exp-name", "--resume", "--eval-checkpoint"]
@@ -207,7 +210,10 @@ class Job:
     finished_run: Optional[RunDir] = None
     resume_from: Optional[Path] = None
     unfinished: list[RunDir] = field(default_factory=list)
-    process: Optional[subprocess.Popen] = None
+    handle: Optional[Union[cluster.LocalJob, cluster.SlurmJob]] = None  # the process or Slurm job, once started
+    exit_code: Optional[int] = None
+    ended_how: str = ""  # how a job ended that has no exit status (a Slurm job that left no result)
+    resumes: int = 0  # times it was submitted again with --resume after a SIGTERM
     started: float = 0.0
     run_dir: Optional[Path] = None
     known_dirs: set = field(default_factory=set)
@@ -328,7 +334,8 @@ def move_aside(run: RunDir, runs_dir: Path) -> Path:
     return target
 
 
-def start(job: Job, runs_dir: Path, logs_dir: Path, extra_args: list[str], threads: int) -> None:
+def start(job: Job, runs_dir: Path, logs_dir: Path, extra_args: list[str], threads: int, executor) -> None:
+    """Start the job's run: a child process, or a Slurm job when `executor` (submitit's) is given."""
     for run in job.unfinished:
         move_aside(run, runs_dir)
     job.known_dirs = {path.name for path in runs_dir.iterdir()} if runs_dir.is_dir() else set()
@@ -337,17 +344,24 @@ def start(job: Job, runs_dir: Path, logs_dir: Path, extra_args: list[str], threa
     argv = command(job, runs_dir, extra_args)
     header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.action}: {' '.join(argv)}\n"
     logs_dir.mkdir(parents=True, exist_ok=True)
-    stdout = open(logs_dir / f"{job.combination.file_stem}.stdout.log", "a")
-    stderr = open(logs_dir / f"{job.combination.file_stem}.stderr.log", "a")
-    for log in (stdout, stderr):
-        log.write(header)
-        log.flush()
-    try:
-        job.process = launch(job.combination.script, script_argv(job, runs_dir, extra_args), stdout, stderr, threads)
-    finally:
-        stdout.close()
-        stderr.close()
+    logs = [logs_dir / f"{job.combination.file_stem}.{name}.log" for name in ("stdout", "stderr")]
+    for log in logs:
+        with open(log, "a") as file:
+            file.write(header)
+    job.exit_code, job.ended_how = None, ""
+    if executor is None:
+        job.handle = cluster.LocalJob(job.combination.script, script_argv(job, runs_dir, extra_args), *logs, threads)
+    else:
+        executor.update_parameters(job_name=re.sub(r"[^A-Za-z0-9._-]+", "_", job.combination.label))
+        job.handle = cluster.SlurmJob(executor, job.combination.script, script_argv(job, runs_dir, extra_args),
+                                      *logs, threads)
     job.started = time.monotonic()
+
+
+def ended(job: Job) -> bool:
+    """Whether the job's process or Slurm job has ended (its exit status, if any, then in job.exit_code)."""
+    done, job.exit_code, job.ended_how = job.handle.poll()
+    return done
 
 
 def last_line(path: Path) -> str:
@@ -360,7 +374,7 @@ def last_line(path: Path) -> str:
 
 def outcome(job: Job, runs_dir: Path, logs_dir: Path) -> tuple[bool, str]:
     """(succeeded, one line saying how) for a job whose process has exited."""
-    code = job.process.returncode
+    code = job.exit_code
     candidates = [job.run_dir] if job.run_dir else []
     candidates += [run.path for run in scan_runs(runs_dir).get(
         (job.combination.env_id, job.combination.exp_name, job.combination.seed), [])][::-1]
@@ -371,14 +385,34 @@ def outcome(job: Job, runs_dir: Path, logs_dir: Path) -> tuple[bool, str]:
         result = summary.get("eval_mean")
         result = f"final eval {result:.2f} ± {summary.get('eval_std') or 0:.2f}" if result is not None else "no eval"
         return True, f"{result}, {summary.get('global_step', 0):,} steps -> {summary.get('run_dir', '')}"
+    if code is None:
+        return False, job.ended_how
     if code == 0:
         why = "exited 0 without writing a finished summary.json (interrupted?)"
-    elif code < 0:
-        why = f"killed by signal {-code}"
+    elif code > 128 and code - 128 in signal.valid_signals():
+        why = f"stopped by {signal.Signals(code - 128).name} (exit status {code})"
     else:
         why = f"exit status {code}"
     detail = last_line(stderr_log)
     return False, f"{why}; see {stderr_log}" + (f": {detail}" if detail else "")
+
+
+def cut_short(job: Job) -> bool:
+    """Whether a signal stopped the job's run (SIGTERM's exit status, or a summary.json that says "interrupted")."""
+    summary = (read_json(job.run_dir / "summary.json") if job.run_dir else None) or {}
+    return job.exit_code == 128 + signal.SIGTERM or summary.get("status") == "interrupted"
+
+
+def prepare_resubmission(job: Job) -> None:
+    """Make a cut-short job continue from its checkpoint.pt, or start afresh if it had saved none."""
+    job.resumes += 1
+    checkpoint = job.run_dir / "checkpoint.pt" if job.run_dir else None
+    if checkpoint is not None and checkpoint.is_file():
+        job.action, job.resume_from, job.unfinished = "resume", checkpoint, []
+    else:
+        job.action, job.resume_from = "restart", None
+        job.unfinished = [RunDir(job.run_dir, {}, None)] if job.run_dir and job.run_dir.is_dir() else []
+        job.run_dir = None
 
 
 def raise_keyboard_interrupt(signum, frame):
@@ -398,7 +432,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--env-ids", nargs="+", metavar="ENV",
                         help="envs for every script given without its own list")
     parser.add_argument("--seeds", nargs="+", type=int, required=True, metavar="N", help="seeds to run")
-    parser.add_argument("--workers", type=int, default=1, help="runs at a time (default: 1)")
+    parser.add_argument("--workers", type=int,
+                        help="runs at a time (default: 1 with --cluster local; every run with --cluster slurm, whose "
+                             "scheduler queues them)")
     parser.add_argument("--runs-dir", default=str(REPO_ROOT / "benchmarks" / "runs"),
                         help="folder the runs write to, shared between shards (default: benchmarks/runs)")
     parser.add_argument("--tag", help="run a variant beside the baseline: exp name STEM-TAG instead of STEM")
@@ -409,12 +445,23 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="OMP/MKL/OpenBLAS threads per run (default: 1)")
     parser.add_argument("--status-every", type=float, default=60.0,
                         help="seconds between status lines when the output is not a terminal (default: 60)")
+    parser.add_argument("--max-resumes", type=int, default=3,
+                        help="times a run cut short by SIGTERM is submitted again with --resume (default: 3)")
     parser.add_argument("--dry-run", action="store_true", help="print what would run, and run nothing")
+    cluster.add_arguments(parser, "runs")
     args = parser.parse_args(own)
+    args.slurm = cluster.options_from(args)
+    if args.cluster == "slurm":
+        for problem in cluster.problems(args.slurm):
+            parser.error(problem)
+    if args.workers is None:
+        args.workers = 1 if args.cluster == "local" else sys.maxsize
     if args.workers < 1:
         parser.error(f"--workers must be >= 1 (got {args.workers})")
     if args.threads_per_run < 1:
         parser.error(f"--threads-per-run must be >= 1 (got {args.threads_per_run})")
+    if args.max_resumes < 0:
+        parser.error(f"--max-resumes must be >= 0 (got {args.max_resumes})")
     return args, extra
 
 
@@ -434,9 +481,11 @@ def main(argv: list[str]) -> int:
     todo = [job for job in jobs if job.action != "skip"]
     counts = {action: sum(job.action == action for job in jobs) for action in ["skip", "run", "resume", "restart"]}
     shard_text = f", shard {shard_index}/{shard_count}: {len(combinations)}" if shard_count > 1 else ""
+    where = (f"{args.workers} at a time" if args.cluster == "local" else "as Slurm jobs"
+             + (f", {args.workers} at a time" if args.workers < sys.maxsize else ""))
     print(f"{len(all_combinations)} combinations{shard_text}; {counts['skip']} finished already, {counts['run']} to "
-          f"run, {counts['resume']} to resume, {counts['restart']} to restart; {args.workers} at a time; "
-          f"runs in {runs_dir}, logs in {logs_dir}", flush=True)
+          f"run, {counts['resume']} to resume, {counts['restart']} to restart; {where}; runs in {runs_dir}, logs in "
+          f"{logs_dir}", flush=True)
     if args.dry_run:
         for job in jobs:
             where = job.finished_run.path if job.finished_run else job.resume_from or ""
@@ -448,9 +497,11 @@ def main(argv: list[str]) -> int:
         return 0
 
     runs_dir.mkdir(parents=True, exist_ok=True)
+    executor = (cluster.executor(args.slurm, runs_dir / "_slurm", "dqn", args.threads_per_run)
+                if args.cluster == "slurm" else None)
     display = Display(args.status_every)
     waiting, running, succeeded, failed = list(todo), [], [], []
-    # the runs have their own sessions, so a Ctrl-C in the terminal reaches only this process, which passes exactly
+    # local runs have their own sessions, so a Ctrl-C in the terminal reaches only this process, which passes exactly
     # one SIGINT on to each run (a second one could cut short the checkpoint the run saves when interrupted)
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # e.g. a batch system ending the job
     try:
@@ -458,15 +509,23 @@ def main(argv: list[str]) -> int:
             while waiting and len(running) < args.workers:
                 job = waiting.pop(0)
                 running.append(job)  # before starting it, so that an interrupt in between still finds its process
-                start(job, runs_dir, logs_dir, extra_args, args.threads_per_run)
+                start(job, runs_dir, logs_dir, extra_args, args.threads_per_run, executor)
                 verb = {"run": "started", "resume": f"resuming {job.resume_from}",
                         "restart": f"restarting ({len(job.unfinished)} unfinished dir(s) moved to _unfinished/)"}
-                display.event(f"{verb[job.action]}: {job.combination.label}")
-            for job in [job for job in running if job.process.poll() is not None]:
+                slurm_job = f" (Slurm job {job.handle.id})" if executor else ""
+                display.event(f"{verb[job.action]}{slurm_job}: {job.combination.label}")
+            for job in [job for job in running if ended(job)]:
                 running.remove(job)
                 ok, how = outcome(job, runs_dir, logs_dir)
-                (succeeded if ok else failed).append(job)
                 took = format_duration(time.monotonic() - job.started)
+                if not ok and cut_short(job) and job.resumes < args.max_resumes:  # preempted, cancelled, timed out
+                    prepare_resubmission(job)
+                    waiting.insert(0, job)
+                    again = "with --resume" if job.action == "resume" else "afresh (it had saved no checkpoint)"
+                    display.event(f"cut short ({took}): {job.combination.label}: {how}; submitting it again {again} "
+                                  f"({job.resumes} of at most {args.max_resumes})")
+                    continue
+                (succeeded if ok else failed).append(job)
                 display.event(f"{'done' if ok else 'FAILED'} ({took}): {job.combination.label}: {how}")
             parts = [f"{len(succeeded)}/{len(todo)} done", f"{len(failed)} failed"]
             if running:
@@ -480,16 +539,17 @@ def main(argv: list[str]) -> int:
         display.close()
         print(f"\ninterrupted: {len(running)} run(s) are saving a checkpoint and stopping (Ctrl-C again: stop "
               "waiting); run the same command again to continue", file=sys.stderr, flush=True)
-        running = [job for job in running if job.process is not None]
+        running = [job for job in running if job.handle is not None]
         for job in running:
-            job.process.send_signal(signal.SIGINT)
+            job.handle.stop()
+        deadline = time.monotonic() + 120
         try:
-            for job in running:
-                job.process.wait(timeout=120)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            while time.monotonic() < deadline and not all([ended(job) for job in running]):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
             pass
         for job in running:
-            state = "still running" if job.process.poll() is None else f"exit status {job.process.returncode}"
+            state = f"exit status {job.exit_code}" if job.exit_code is not None else job.ended_how or "still running"
             resumable = job.run_dir is not None and (job.run_dir / "checkpoint.pt").is_file()
             then = "has a checkpoint.pt to resume from" if resumable else "no checkpoint.pt: will start again"
             print(f"  interrupted: {job.combination.label} ({state}; {then})", file=sys.stderr)

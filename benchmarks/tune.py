@@ -16,6 +16,7 @@ however many workers share it.
     python benchmarks/tune.py --script dqn.py --n-trials 30 &            # run it twice: two workers, one study
     python benchmarks/tune.py --script dqn_lunar.py --n-trials 50 --storage postgresql://USER:PASSWORD@HOST:5432/DB
     python benchmarks/tune.py --script dqn.py --space learning-rate=log:1e-5:1e-3 -- --env-id Acrobot-v1
+    python benchmarks/tune.py --script dqn_lunar.py --n-trials 50 --storage postgresql://... --cluster slurm --workers 8
 
 Flags after `--` go unchanged to every trial (a parameter given there is not searched). `--space NAME=SPEC` replaces or
 adds one parameter, SPEC being `log:LOW:HIGH` (log-uniform), `uniform:LOW:HIGH` (integers for an integer flag) or
@@ -24,6 +25,7 @@ docs/tuning.md. At the end the best trial is printed as a ready-to-paste command
 `{runs_dir}/{study}/best.json`.
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -45,6 +47,8 @@ import sqlalchemy
 import tyro
 from optuna.trial import TrialState
 
+import cluster
+from cluster import SlurmOptions
 from script_runs import (REPO_ROOT, MetricsFollower, Script, ScriptError, find_script, launch, load_script,
                          stop)
 
@@ -123,9 +127,10 @@ class Args:
     seeds_per_trial: int = 1
     """runs per trial, with seeds --seed, --seed + 1, ...: run at the same time (one core each), pruned and scored
     together, so that a study does not reward a lucky seed"""
-    aggregate: Literal["mean", "iqm"] = "mean"
-    """how a trial's objective and its pruned evaluations combine its seeds: the mean, or the interquartile mean (the
-    mean of the middle 50%, Agarwal et al. 2021; with fewer than 4 seeds, the mean)"""
+    aggregate: Literal["mean", "iqm", "min"] = "mean"
+    """how a trial's objective and its pruned evaluations combine its seeds: the mean, the interquartile mean (the
+    mean of the middle 50%, Agarwal et al. 2021; with fewer than 4 seeds, the mean), or the worst seed's (a study
+    that must land on every seed)"""
     sampler_seed: Optional[int] = None
     """seed of the TPE sampler (None: random; give each worker a different one if you set it)"""
     threads: int = 1
@@ -137,6 +142,13 @@ class Args:
     """file for the best parameters as JSON, with the command line; None: `{runs_dir}/{study}/best.json`"""
     max_failures: int = 3
     """stop this worker after this many failed trials in a row (a script that crashes every time)"""
+    cluster: Literal["local", "slurm"] = "local"
+    """local: this process is a worker of the study; slurm: submit --workers Slurm jobs (through submitit), each a
+    worker of the study, and wait for them (their storage: PostgreSQL, or SQLite on a folder they all see)"""
+    workers: int = 1
+    """workers to submit with --cluster slurm"""
+    slurm: SlurmOptions = dataclasses.field(default_factory=SlurmOptions)
+    """the Slurm jobs of --cluster slurm"""
 
 
 class TuneError(ScriptError):
@@ -525,7 +537,10 @@ class QuietHandledFailures(logging.Filter):
 
 
 def combine(values: list[float], aggregate: str) -> float:
-    """The mean of the seeds' values, or their interquartile mean (the 25% trimmed mean, as rliable computes it)."""
+    """The mean of the seeds' values, their interquartile mean (the 25% trimmed mean, as rliable computes it), or the
+    lowest."""
+    if aggregate == "min":
+        return float(min(values))
     if aggregate == "iqm":
         return float(scipy.stats.trim_mean(values, proportiontocut=0.25))
     return float(sum(values) / len(values))
@@ -550,6 +565,10 @@ def check_args(args: Args) -> None:
         problems.append("--pruner threshold needs --prune-below")
     if args.prune_below is not None and args.pruner != "threshold":
         problems.append("--prune-below is only used with --pruner threshold")
+    if args.workers < 1:
+        problems.append(f"--workers must be >= 1 (got {args.workers})")
+    if args.cluster == "slurm":
+        problems += cluster.problems(args.slurm)
     if problems:
         raise TuneError("; ".join(problems))
 
@@ -611,8 +630,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
     space, notes = build_space(script, args.space, fixed)
     defaults, _ = script.parse(fixed)
     total_timesteps = int(defaults.total_timesteps)
-    env_id = getattr(defaults, "env_id", None)
-    study_name = args.study_name or "-".join(part for part in (script.path.stem, env_id) if part)
+    study_name = name_of_study(args, script, defaults)
     storage = open_storage(args.storage)
     shown_storage, _ = storage_settings(args.storage)
     config = {"script": script.name, "fixed": fixed, "space": {flag: d.spec() for flag, d in space.items()},
@@ -663,11 +681,77 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
     return result
 
 
+def name_of_study(args: Args, script: Script, defaults) -> str:
+    """--study-name, or `{script}-{env_id}`."""
+    env_id = getattr(defaults, "env_id", None)
+    return args.study_name or "-".join(part for part in (script.path.stem, env_id) if part)
+
+
+def worker_argv(args: Args) -> list[str]:
+    """The command line of one worker of --cluster slurm: this one's flags that are not their defaults, less the
+    cluster's."""
+    argv = []
+    for option in dataclasses.fields(Args):
+        value = getattr(args, option.name)
+        if option.name in ("cluster", "workers", "slurm") or value == option.default:
+            continue
+        flag = "--" + option.name.replace("_", "-")
+        argv += [flag, *map(str, value)] if isinstance(value, tuple) else [flag, str(value)]
+    return argv
+
+
+def submit_workers(args: Args, fixed: list[str]) -> int:
+    """--cluster slurm: check the settings, submit --workers jobs that each run this tuner as a worker of the study,
+    wait for them, and return 0 if they all ended well."""
+    check_args(args)
+    storage_settings(args.storage)
+    script = load_tuned_script(args.script)
+    check_fixed_flags(fixed, script)
+    best_file = (Path(args.output) if args.output else Path(args.runs_dir) / re.sub(
+        r"[^0-9A-Za-z_.-]", "_", name_of_study(args, script, script.parse(fixed)[0])) / "best.json").resolve()
+    folder = Path(args.runs_dir).resolve() / "_workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    executor = cluster.executor(args.slurm, folder / "_slurm", "tune", args.seeds_per_trial * args.threads)
+    argv = [*worker_argv(args), "--", *fixed]
+    jobs = []
+    for number in range(args.workers):
+        logs = [folder / f"worker_{time.strftime('%Y%m%d-%H%M%S')}_{number}.{name}.log" for name in ("stdout", "stderr")]
+        jobs.append(cluster.SlurmJob(executor, Path(__file__).resolve(), argv, *logs, args.threads))
+        print(f"worker {number}: Slurm job {jobs[-1].id}, output in {logs[0]}", flush=True)
+    failed = 0
+    try:
+        running = list(jobs)
+        while running:
+            for job in list(running):
+                done, code, how = job.poll()
+                if done:
+                    running.remove(job)
+                    failed += code != 0
+                    print(f"Slurm job {job.id} ended: " + (f"exit status {code}" if code is not None else how),
+                          flush=True)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for job in jobs:
+            job.stop()
+        print("interrupted: the workers' jobs are cancelled (their trials are marked failed); run the same command "
+              "again to go on with the study", file=sys.stderr)
+        return 130
+    print(f"{args.workers - failed} of {args.workers} workers ended well")
+    best = json.loads(best_file.read_text()) if best_file.is_file() else None
+    if best is not None:
+        print(f"best: trial {best['trial']}, {args.objective} {best['value']:.2f}\n  {best['command']}\n"
+              f"in {best_file}")
+    return 1 if failed else 0
+
+
 def main(argv: Optional[list[str]] = None) -> Optional[dict]:
-    """Parse `tune.py [FLAGS] [-- SCRIPT FLAGS]` and tune."""
+    """Parse `tune.py [FLAGS] [-- SCRIPT FLAGS]` and tune (or, with --cluster slurm, submit workers that do)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     tune_argv, fixed = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    return tune(tyro.cli(Args, args=tune_argv, description=help_text()), fixed)
+    args = tyro.cli(Args, args=tune_argv, description=help_text())
+    if args.cluster == "slurm":
+        sys.exit(submit_workers(args, fixed))
+    return tune(args, fixed)
 
 
 def help_text() -> str:

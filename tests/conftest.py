@@ -106,7 +106,7 @@ def run_script(args: list[str], cwd=None, env_extra=None, timeout=300) -> subpro
 # the tests of the runner and the tuner, which are about running scripts, not training: no torch, one evaluation every
 # --eval-frequency steps, STUB_EVAL_SECONDS apart, each seed STUB_POINTS_PER_SEED x its seed higher. STUB_FAIL_SEED
 # makes that seed exit with status 1; STUB_WAIT makes the run wait (up to 60 s) for a SIGINT or SIGTERM, as a long run
-# would, and end "interrupted".
+# would, and end "interrupted" with a checkpoint.pt (a run resumed from it does not wait).
 STUB_SCRIPT = '''"""Stand-in for a DQN script: the same flags and files, evaluations on a schedule, no training."""
 import dataclasses, json, math, os, signal, sys, time
 from dataclasses import dataclass
@@ -183,11 +183,12 @@ if __name__ == "__main__":
                 time.sleep(float(os.environ.get("STUB_EVAL_SECONDS", "0")))
                 file.write(f"{step},{time.time():.3f},eval/episodic_return,{final * step / args.total_timesteps}\\n")
                 file.flush()
-        if os.environ.get("STUB_WAIT"):
-            (run_dir / "waiting").write_text("")
+        if os.environ.get("STUB_WAIT") and not run_args.resume:
+            (run_dir / "waiting").write_text(str(os.getpid()))
             time.sleep(60)
     except KeyboardInterrupt:
         status = "interrupted"
+        (run_dir / "checkpoint.pt").write_bytes(b"")
     summary = {"script": "stub", "env_id": args.env_id, "seed": run_args.seed, "status": status,
                "global_step": args.total_timesteps, "wall_time_s": 0.1, "eval_mean": final, "eval_std": 0.0,
                "best_eval_mean": final, "run_dir": str(run_dir)}

@@ -152,6 +152,17 @@ def test_malformed_shard_is_a_clear_usage_error(shard_text, fake_script, tmp_pat
     assert "--shard must be I/N with 1 <= I <= N" in result.stderr and repr(shard_text) in result.stderr
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--slurm.cpus", "0"], "--slurm.cpus must be >= 1 (got 0)"),
+    (["--slurm.time-min", "0"], "--slurm.time-min must be >= 1 (got 0)"),
+    (["--slurm.sbatch", "account"], "--slurm.sbatch takes KEY=VALUE"),
+    (["--max-resumes", "-1"], "--max-resumes must be >= 0 (got -1)")])
+def test_bad_cluster_settings_are_one_line_errors_before_anything_is_submitted(flags, message, fake_script, tmp_path):
+    result = run_runner("--cluster", "slurm", "--scripts", f"{fake_script}:A-v0", "--seeds", "1", "--runs-dir",
+                        str(tmp_path / "runs"), *flags)
+    assert result.returncode == 2 and message in result.stderr and not (tmp_path / "runs").exists()
+
+
 def test_missing_script_is_a_clear_usage_error(tmp_path):
     result = run_runner("--scripts", "dqn.py", "no_such_script.py", "--env-ids", "A-v0", "--seeds", "1",
                         "--runs-dir", str(tmp_path))
@@ -212,6 +223,28 @@ def test_a_runner_started_in_the_background_still_interrupts_its_runs(fake_scrip
     (run_dir,) = [runs_dir / name for name in run_dirs(runs_dir)]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     assert "exit status 130" in stderr
+
+
+def test_a_run_cut_short_by_sigterm_is_started_again_from_its_checkpoint(fake_script, tmp_path):
+    """What a preempted Slurm job meets, here with a local run: `kill -TERM` on the run (not on the runner) makes it
+    save a checkpoint, and the runner submits it again with --resume, so that the benchmark still finishes."""
+    runs_dir = tmp_path / "runs"
+    runner = subprocess.Popen([sys.executable, str(RUNNER), "--scripts", f"{fake_script}:A-v0", "--seeds", "1",
+                               "--runs-dir", str(runs_dir), "--status-every", "1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "STUB_WAIT": "1"})
+    deadline = time.monotonic() + 60
+    while not list(runs_dir.glob("*/waiting")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (waiting,) = runs_dir.glob("*/waiting")
+    os.kill(int(waiting.read_text()), signal.SIGTERM)
+    stdout, stderr = runner.communicate(timeout=60)
+    assert runner.returncode == 0, stdout + stderr
+    assert re.search(r"cut short .*fake A-v0 seed 1: .*submitting it again with --resume \(1 of at most 3\)", stdout)
+    (run_dir,) = [runs_dir / name for name in run_dirs(runs_dir)]  # the same run directory, continued
+    argv = json.loads((run_dir / "argv.json").read_text())
+    assert argv[argv.index("--resume") + 1] == str(run_dir / "checkpoint.pt")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert "1 run(s) finished, 0 failed" in stdout
 
 
 def test_settings_that_contradict_a_finished_run_are_refused_defaults_included(fake_script, tmp_path):

@@ -193,6 +193,18 @@ def test_smoke_run_writes_args_metrics_summary_and_checkpoints(tmp_path):
     assert (run_dir / "best.pt").exists() and not (run_dir / "replay.pt").exists()
 
 
+def test_end_learning_rate_is_reached_linearly_at_the_last_step(tmp_path):
+    """The checkpoints of the evaluations at steps 1500 and 3000 hold the optimizer's learning rate then."""
+    summary = fast(tmp_path, learning_rate=1e-3, end_learning_rate=1e-4, eval_frequency=1500)
+    run_dir = Path(summary["run_dir"])
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    last = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    for checkpoint in (best, last):  # 1e-3 + (1e-4 - 1e-3) * step / 3000
+        expected = 1e-3 - 9e-4 * checkpoint["global_step"] / 3000
+        assert checkpoint["state"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected)
+    assert last["global_step"] == 3000
+
+
 def test_same_seed_on_cpu_gives_identical_metrics(tmp_path):
     runs = [fast(tmp_path / str(i), seed=7) for i in range(2)]
     first, second = ([row for row in read_metrics(run["run_dir"]) if row[1] != "charts/SPS"] for run in runs)

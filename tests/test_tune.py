@@ -152,6 +152,10 @@ def test_the_interquartile_mean_of_seeds_drops_the_best_and_the_worst_quarter():
     assert tune.combine([1.0, 2.0, 6.0], "iqm") == 3.0  # fewer than four seeds: nothing to cut
 
 
+def test_the_min_aggregate_scores_a_trial_by_its_worst_seed():
+    assert tune.combine([210.0, 95.5, 260.0], "min") == 95.5
+
+
 def run_two_workers(tmp_path: Path, storage: str, n_trials: int) -> str:
     """Start two tune.py processes on one study at once; check that together they finish exactly `n_trials` trials."""
     (tmp_path / "stub_dqn.py").write_text(STUB_SCRIPT)
