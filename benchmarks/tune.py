@@ -111,6 +111,9 @@ class Args:
     space: tuple[str, ...] = ()
     """NAME=SPEC pairs that replace or add to the script's search space; SPEC is log:LOW:HIGH, uniform:LOW:HIGH or
     choice:A,B,C (e.g. `--space learning-rate=log:1e-5:1e-3 batch-size=choice:64,128`)"""
+    enqueue: tuple[str, ...] = ()
+    """NAME=VALUE pairs of a first trial, run before any is sampled (e.g. the script's current defaults, or a known
+    good point); searched flags it leaves out are sampled"""
     objective: Literal["eval_mean", "best_eval_mean"] = "eval_mean"
     """summary.json value to maximize: the final evaluation mean, or the best evaluation mean of the run"""
     pruner: Literal["median", "threshold", "none"] = "median"
@@ -247,6 +250,24 @@ def parse_distribution(flag: str, spec: str, script: Script) -> Distribution:
     if kind == "log" and low <= 0:
         raise TuneError(f"{where}: a log range needs LOW > 0")
     return Distribution(flag, kind, field_type, float(low), float(high))
+
+
+def first_trial(pairs: tuple[str, ...], space: dict[str, Distribution]) -> dict:
+    """--enqueue's NAME=VALUE pairs as trial parameters, each a value its distribution can take."""
+    params = {}
+    for pair in pairs:
+        flag, _, text = pair.partition("=")
+        where = f"--enqueue {pair}"
+        if flag not in space:
+            raise TuneError(f"{where}: {flag} is not a searched flag ({', '.join(space)})")
+        distribution = space[flag]
+        value = parse_value(text.strip(), distribution.field_type, where)
+        if distribution.kind == "choice" and value not in distribution.choices:
+            raise TuneError(f"{where}: not one of {distribution.spec()}")
+        if distribution.kind != "choice" and not distribution.low <= value <= distribution.high:
+            raise TuneError(f"{where}: outside {distribution.spec()}")
+        params[flag] = value
+    return params
 
 
 def flag_names(argv: list[str]) -> list[str]:
@@ -628,6 +649,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
     script = load_tuned_script(args.script)
     check_fixed_flags(fixed, script)
     space, notes = build_space(script, args.space, fixed)
+    enqueued = first_trial(args.enqueue, space)
     defaults, _ = script.parse(fixed)
     total_timesteps = int(defaults.total_timesteps)
     study_name = name_of_study(args, script, defaults)
@@ -641,6 +663,8 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
         study = join_study(args, storage, study_name, total_timesteps, config)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
         raise TuneError(f"cannot use study {study_name!r} in {shown_storage}: {first_line(error)}") from None
+    if enqueued:  # once per study, however many workers start with it
+        study.enqueue_trial(enqueued, skip_if_exists=True)
     study_dir = Path(args.runs_dir) / re.sub(r"[^0-9A-Za-z_.-]", "_", study_name)
     worker = Worker(args, script, space, fixed, study, study_dir, total_timesteps)
 

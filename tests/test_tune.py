@@ -146,6 +146,19 @@ def test_a_trial_of_several_seeds_runs_each_and_reports_and_scores_their_aggrega
     assert result["seeds"] == [4, 5, 6] and result["aggregate"] == "mean"
 
 
+def test_an_enqueued_first_trial_runs_with_its_values_and_the_rest_sampled(tmp_path):
+    (tmp_path / "stub_dqn.py").write_text(STUB_SCRIPT)
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    tune.main(["--script", str(tmp_path / "stub_dqn.py"), "--storage", storage, "--runs-dir", str(tmp_path / "runs"),
+               "--n-trials", "2", "--study-name", "first", "--enqueue", "learning-rate=0.001", "hidden-sizes=64 64"])
+    first, second = load(storage, "first").trials
+    assert first.params["learning-rate"] == 0.001 and first.params["hidden-sizes"] == "64 64"
+    assert set(first.params) == set(second.params) and second.params["learning-rate"] != 0.001
+    argv = json.loads(next((tmp_path / "runs" / "first" / "trial_0000").glob("*/argv.json")).read_text())
+    assert argv[argv.index("--learning-rate") + 1] == "0.001" and argv[argv.index("--hidden-sizes") + 1:][:2] == [
+        "64", "64"]
+
+
 def test_the_interquartile_mean_of_seeds_drops_the_best_and_the_worst_quarter():
     assert tune.combine([1.0, 2.0, 3.0, 100.0], "iqm") == 2.5
     assert tune.combine([1.0, 2.0, 3.0, 100.0], "mean") == 26.5
@@ -287,6 +300,9 @@ def test_metrics_follower_reads_only_complete_rows_and_starts_over_when_the_file
     (["--script", "dqn.py", "--", "--learning-rat", "0.1"], "unknown flag --learning-rat"),
     (["--script", "dqn.py", "--", "--gamma", "high"], "could not convert string to float"),
     (["--script", "dqn.py", "--pruner", "threshold"], "--pruner threshold needs --prune-below"),
+    (["--script", "dqn.py", "--enqueue", "momentum=0.9"], "momentum is not a searched flag"),
+    (["--script", "dqn.py", "--enqueue", "batch-size=48"], "--enqueue batch-size=48: not one of choice:32,64,128,256"),
+    (["--script", "dqn.py", "--enqueue", "tau=0.5"], "--enqueue tau=0.5: outside log:0.001:0.05"),
 ])
 def test_bad_input_is_reported_in_one_line(tmp_path, flags, message):
     storage = [] if "--storage" in flags else ["--storage", f"sqlite:///{tmp_path / 'x.db'}"]
