@@ -14,9 +14,7 @@ ids dqn_atari.py's wrappers and CNN, both its replay; docs/double_dueling_per_dq
 
     python double_dueling_per_dqn.py                                  # LunarLander-v3, the three extensions on
     python double_dueling_per_dqn.py --no-prioritized --seed 2        # an ablation: uniform replay
-    python double_dueling_per_dqn.py --env-id PongNoFrameskip-v4 --cuda --total-timesteps 10000000 --buffer-size \\
-        1000000 --learning-rate 6.25e-5 --batch-size 32 --learning-starts 80000 --target-network-frequency 1000 \\
-        --exploration-fraction 0.1 --end-e 0.01 --hidden-sizes 512 --eval-frequency 250000 --eval-epsilon 0.05
+    python double_dueling_per_dqn.py --env-id PongNoFrameskip-v4 --cuda ...     # Atari: its settings are in docs/
 
 Reproduces: LunarLander-v3 landed (evaluation mean 200) sooner than by dqn_lunar.py; docs/double_dueling_per_dqn.md.
 """
@@ -43,6 +41,8 @@ class Args:
     """env steps to train for, summed over all envs (dqn_lunar.py's budget)"""
     learning_rate: float = 6.3e-4
     """learning rate (dqn_lunar.py's, rl-baselines3-zoo's; for prioritized replay Schaul et al. divide theirs by 4)"""
+    end_learning_rate: Optional[float] = None
+    """learning rate at the last step, reached linearly from `learning_rate` (None: constant, as in the paper)"""
     optimizer: Literal["adam", "rmsprop"] = "adam"
     """adam, or rmsprop: Mnih et al. 2015's centered RMSProp (squared-gradient momentum 0.95, min squared gradient
     0.01; the paper's --learning-rate: 2.5e-4)"""
@@ -105,7 +105,8 @@ def check_args(args: Args, run_args) -> list[str]:
     problems = [f"--{name.replace('_', '-')} must be {what} (got {getattr(args, name)})" for name, ok, what in [
         ("alpha", args.alpha >= 0, ">= 0"), ("beta_start", 0 <= args.beta_start <= 1, "in [0, 1]"),
         ("priority_epsilon", args.priority_epsilon > 0, "> 0"), ("n_step", args.n_step >= 1, ">= 1"),
-        ("noop_max", args.noop_max >= 0, ">= 0")] if not ok]
+        ("noop_max", args.noop_max >= 0, ">= 0"),
+        ("end_learning_rate", args.end_learning_rate is None or args.end_learning_rate >= 0, ">= 0 or None")] if not ok]
     if args.learning_starts < args.n_step * args.num_envs:
         problems.append(f"--learning-starts {args.learning_starts} must be >= --n-step x --num-envs, so that the first "
                         "batch finds complete n-step transitions")
@@ -543,8 +544,7 @@ def train(args: Args, run: "Run") -> None:
                                     args.priority_epsilon) if args.prioritized else None
     replay_buffer = FrameReplayBuffer(args.buffer_size, args.num_envs, obs_space, args.n_step, args.gamma, run.device,
                                       priorities)
-    # evaluation plays whole games: a lost life does not end its episodes
-    obs = run.start(envs, policy=partial(epsilon_greedy, q_network),
+    obs = run.start(envs, policy=partial(epsilon_greedy, q_network),  # evaluation: whole games, not lives
                     eval_env=partial(make_env, args.env_id, False, args.noop_max),
                     replay=replay_buffer, q_network=q_network, target_network=target_network, optimizer=optimizer)
     replay_buffer.start_episodes(obs, np.arange(args.num_envs))
@@ -565,6 +565,9 @@ def train(args: Args, run: "Run") -> None:
         obs = next_obs
 
         if global_step > learning_starts:
+            if args.end_learning_rate is not None:  # the learning rate falls linearly over the run, if asked
+                optimizer.param_groups[0]["lr"] = linear_schedule(args.learning_rate, args.end_learning_rate,
+                                                                  args.total_timesteps, global_step)
             # every train_frequency steps: a gradient step on the TD errors of a minibatch from the replay
             for _ in range(args.gradient_steps * run.due(args.train_frequency)):
                 # beta: from beta_start to 1 over the run, the full correction at the end (Schaul et al. 2016)
@@ -579,8 +582,7 @@ def train(args: Args, run: "Run") -> None:
                         targets = td_target(batch.returns, batch.terminations, next_q_target.amax(dim=1),
                                             batch.discounts)  # [B]
                 q_values = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)  # [B]: Q(s, a)
-                td_loss = F.mse_loss if args.loss == "mse" else F.smooth_l1_loss
-                losses = td_loss(q_values, targets, reduction="none")  # [B]
+                losses = (F.mse_loss if args.loss == "mse" else F.smooth_l1_loss)(q_values, targets, reduction="none")
                 loss = (batch.weights * losses).mean()  # importance weights undo prioritized sampling's bias
                 optimizer.zero_grad()
                 loss.backward()
