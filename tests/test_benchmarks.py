@@ -87,6 +87,29 @@ def test_runner_skips_finished_runs_when_run_again(tiny_benchmark):
     assert run_dirs(runs_dir) == before
 
 
+def test_final_eval_evaluates_each_runs_last_checkpoint_once_and_tabulates_the_seeds(tiny_benchmark):
+    runs_dir, _, _ = tiny_benchmark
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "final_eval.py"), "--script", "dqn.py",
+                             "--runs-dir", str(runs_dir), "--episodes", "3", "--threshold", "475"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    saved = {json.loads(path.read_text())["seed"]: json.loads(path.read_text())
+             for path in runs_dir.glob("*/final_eval_3.json")}
+    assert sorted(saved) == [1, 2] and all(len(run["returns"]) == 3 and run["global_step"] == 3000
+                                           for run in saved.values())
+    means = [np.mean(saved[seed]["returns"]) for seed in (1, 2)]
+    for seed, mean in zip((1, 2), means):
+        assert re.search(rf"^\| {seed} \| {mean:.1f} \| .* \| 3 \| 3,000 \|", result.stdout, re.M)
+    # two seeds: the IQM is their mean
+    assert f"2 seeds: IQM {np.mean(means):.1f} [" in result.stdout
+    assert f"mean {np.mean(means):.1f} ± {np.std(means):.1f}, worst seed {min(means):.1f}" in result.stdout
+    stamps = {path: path.stat().st_mtime_ns for path in runs_dir.glob("*/final_eval_3.json")}
+    again = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "final_eval.py"), "--script", "dqn.py",
+                            "--runs-dir", str(runs_dir), "--episodes", "3"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "over 3 episodes" in again.stdout
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # kept, not evaluated again
+
+
 def test_plotter_writes_curves_and_a_table_matching_the_summaries(tiny_benchmark, tmp_path):
     runs_dir, _, _ = tiny_benchmark
     result = subprocess.run([sys.executable, str(PLOTTER), "--runs-dir", str(runs_dir), "--out-dir", str(tmp_path)],

@@ -1,0 +1,101 @@
+"""The final network of every finished run, evaluated again over many episodes, and a table over the seeds.
+
+    python benchmarks/final_eval.py --script dqn_lunar.py --episodes 100                  # benchmarks/runs
+    python benchmarks/final_eval.py --script double_dueling_per_dqn.py --runs-dir /tmp/runs --exp-name ddp-tag
+
+A run's final network is its checkpoint.pt once the run has finished (the scripts save it at the last evaluation,
+which is at the last step): not best.pt, which a lucky evaluation picked. Each is evaluated by the script itself,
+`SCRIPT --eval-checkpoint RUN/checkpoint.pt --eval-episodes N` (in this process; greedy unless the run's
+--eval-epsilon says otherwise, on the script's evaluation seeds), and its returns are kept in RUN/final_eval_N.json,
+so that running this again only evaluates new runs. The table gives each seed's mean return, their IQM with its 95%
+stratified-bootstrap interval (Agarwal et al. 2021), mean ± std, the worst seed, how many seeds reached a threshold,
+and the wall time of the training runs.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from plot import iqm_and_interval
+from script_runs import REPO_ROOT, ScriptError, find_script, load_script, read_json
+
+
+def finished_runs(runs_dir: Path, exp_name: str) -> list[Path]:
+    """Run directories of `exp_name` whose summary.json says finished and which have a checkpoint.pt, by seed."""
+    found = []
+    for path in sorted(runs_dir.glob(f"*__{exp_name}__*")):
+        summary = read_json(path / "summary.json") or {}
+        if summary.get("status") == "finished" and (path / "checkpoint.pt").is_file():
+            found.append((summary["seed"], path))
+    return [path for _, path in sorted(found)]
+
+
+def evaluate(script, run_dir: Path, episodes: int) -> dict:
+    """The run's final network over `episodes` episodes: {"seed", "returns", "global_step", "wall_time_s"}."""
+    saved = run_dir / f"final_eval_{episodes}.json"
+    if (result := read_json(saved)) is not None:
+        return result
+    summary = read_json(run_dir / "summary.json")
+    args, run_args = script.parse(["--eval-checkpoint", str(run_dir / "checkpoint.pt"), "--eval-episodes",
+                                   str(episodes)])
+    evaluation = script.module.main(args, run_args)
+    if evaluation["global_step"] != summary["global_step"]:
+        raise ScriptError(f"{run_dir}/checkpoint.pt is from step {evaluation['global_step']:,}, not the run's last "
+                          f"({summary['global_step']:,})")
+    result = {"seed": summary["seed"], "returns": evaluation["eval_returns"], "global_step": summary["global_step"],
+              "wall_time_s": summary["wall_time_s"]}
+    saved.write_text(json.dumps(result) + "\n")
+    return result
+
+
+def table(results: list[dict], threshold: float) -> str:
+    means = np.array([np.mean(result["returns"]) for result in results])
+    iqm, low, high = (float(value[0]) for value in iqm_and_interval(means[:, None]))
+    minutes = np.array([result["wall_time_s"] for result in results]) / 60
+    lines = ["| seed | mean return | std | episodes | steps | training wall time |", "|---|---|---|---|---|---|"]
+    lines += [f"| {result['seed']} | {mean:.1f} | {np.std(result['returns']):.1f} | {len(result['returns'])} | "
+              f"{result['global_step']:,} | {result['wall_time_s'] / 60:.1f} min |" for result, mean in zip(results, means)]
+    return "\n".join(lines) + (
+        f"\n\n{len(results)} seeds: IQM {iqm:.1f} [{low:.1f}, {high:.1f}], mean {means.mean():.1f} ± {means.std():.1f}, "
+        f"worst seed {means.min():.1f} (seed {results[int(means.argmin())]['seed']}), {int((means >= threshold).sum())}"
+        f" of {len(results)} seeds >= {threshold:g}; training wall time {minutes.mean():.1f} min a run "
+        f"(max {minutes.max():.1f})")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/final_eval.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--script", required=True, help="the script whose runs to evaluate (e.g. dqn_lunar.py)")
+    parser.add_argument("--runs-dir", default=str(REPO_ROOT / "benchmarks" / "runs"),
+                        help="folder of the run directories (default: benchmarks/runs)")
+    parser.add_argument("--exp-name", help="the runs' exp name (default: the script's stem; STEM-TAG for a --tag)")
+    parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per run (default: 100)")
+    parser.add_argument("--threshold", type=float, default=200.0,
+                        help="return that counts a seed as solved in the table (default: 200, LunarLander's)")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1 (got {args.episodes})")
+    path = find_script(args.script)
+    if path is None:
+        parser.error(f"script not found: {args.script}")
+    runs = finished_runs(Path(args.runs_dir), args.exp_name or path.stem)
+    if not runs:
+        parser.error(f"no finished run of {args.exp_name or path.stem} with a checkpoint.pt in {args.runs_dir}")
+    try:
+        script = load_script(args.script, path)
+        results = []
+        for run_dir in runs:
+            results.append(evaluate(script, run_dir, args.episodes))
+            print(f"seed {results[-1]['seed']}: {np.mean(results[-1]['returns']):.1f} over {args.episodes} episodes "
+                  f"({run_dir.name})", flush=True)
+    except ScriptError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n" + table(results, args.threshold))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
