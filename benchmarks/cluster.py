@@ -12,6 +12,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -123,7 +124,7 @@ class LocalJob:
     def stop(self) -> None:
         """Ctrl-C: the script saves a checkpoint and exits"""
         if self.process.poll() is None:
-            self.process.send_signal(2)
+            self.process.send_signal(signal.SIGINT)
 
 
 class SlurmJob:
