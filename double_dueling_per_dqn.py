@@ -39,10 +39,10 @@ class Args:
     """gymnasium id of the environment (any registered id, or `module:Env-v0`); an ale-py id is played from pixels"""
     total_timesteps: int = 300_000
     """env steps to train for, summed over all envs (dqn_lunar.py's budget)"""
-    learning_rate: float = 6.3e-4
-    """learning rate (dqn_lunar.py's, rl-baselines3-zoo's; for prioritized replay Schaul et al. divide theirs by 4)"""
-    end_learning_rate: Optional[float] = None
-    """learning rate at the last step, reached linearly from `learning_rate` (None: constant, as in the paper)"""
+    learning_rate: float = 1e-3
+    """learning rate (dqn_lunar.py's; for prioritized replay Schaul et al. divide theirs by 4)"""
+    end_learning_rate: Optional[float] = 1e-5
+    """learning rate at the last step, reached linearly from `learning_rate` (None: constant; dqn_lunar.py's: 1e-5)"""
     optimizer: Literal["adam", "rmsprop"] = "adam"
     """adam, or rmsprop: Mnih et al. 2015's centered RMSProp (squared-gradient momentum 0.95, min squared gradient
     0.01; the paper's --learning-rate: 2.5e-4)"""
@@ -52,10 +52,10 @@ class Args:
     """replay capacity in transitions (rl-baselines3-zoo: 50_000), about one stored observation (or frame) each"""
     gamma: float = 0.99
     """discount factor"""
-    tau: float = 1.0
+    tau: float = 0.003
     """target network update rate: 1 copies the online network (hard update), < 1 blends it in (Polyak averaging)"""
-    target_network_frequency: int = 1000
-    """env steps between target network updates: 250 gradient steps, as rl-baselines3-zoo's 250 env steps"""
+    target_network_frequency: int = 1
+    """env steps between target network updates (dqn_lunar.py's: every step, with Polyak averaging)"""
     batch_size: int = 128
     """transitions per gradient step (dqn_lunar.py and rl-baselines3-zoo: 128, Schaul et al. 2016: 32)"""
     start_e: float = 1.0
@@ -70,8 +70,8 @@ class Args:
     """env steps between training phases (Mnih et al. 2015 and rl-baselines3-zoo: 4)"""
     gradient_steps: int = 1
     """gradient steps per training phase (Mnih et al. 2015: 1; rl-baselines3-zoo: one per env step)"""
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    """widths of the hidden layers after the torso (rl-baselines3-zoo: 256 256); dueling streams copy the last one"""
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    """widths of the hidden layers after the torso (dqn_lunar.py's); dueling streams copy the last one"""
     loss: Literal["mse", "huber"] = "huber"
     """TD loss: mean squared error, or Huber (smooth L1 with delta 1: the paper's error clipping, SB3's default)"""
     max_grad_norm: Optional[float] = 10.0
@@ -97,7 +97,7 @@ class Args:
 
 
 # the run options (below the harness line) whose defaults are this script's own (20: LunarLander's returns vary a lot)
-RUN_DEFAULTS = dict(eval_frequency=10_000, eval_episodes=20, eval_epsilon=0.0)
+RUN_DEFAULTS = dict(eval_frequency=25_000, eval_episodes=20, eval_epsilon=0.0)
 
 
 def check_args(args: Args, run_args) -> list[str]:

@@ -64,13 +64,14 @@ SEARCH_SPACES: dict[str, dict[str, str]] = {
         "exploration-fraction": "uniform:0.05:0.5",
         "hidden-sizes": "choice:64 64,120 84,128 128,256 256",
     },
-    "dqn_lunar.py": {
-        "learning-rate": "log:5e-5:2e-3",
-        "gamma": "choice:0.98,0.99,0.995,0.999",
+    "dqn_lunar.py": {  # around the defaults, which came from this space (docs/dqn_lunar.md)
+        "learning-rate": "log:2e-4:2e-3",
+        "end-learning-rate": "log:1e-5:3e-4",
         "batch-size": "choice:64,128,256",
-        "target-network-frequency": "choice:250,500,1000,2000,5000",
+        "tau": "log:0.002:0.05",
+        "end-e": "choice:0.01,0.03,0.1",
         "exploration-fraction": "uniform:0.05:0.3",
-        "hidden-sizes": "choice:64 64,128 128,256 256",
+        "hidden-sizes": "choice:64 64,128 128",
     },
     "dqn_atari.py": {
         "learning-rate": "log:2e-5:5e-4",
@@ -81,12 +82,13 @@ SEARCH_SPACES: dict[str, dict[str, str]] = {
         "hidden-sizes": "choice:256,512,1024",
     },
     "double_dueling_per_dqn.py": {  # LunarLander-v3 by default, as dqn_lunar.py, plus the prioritization exponent
-        "learning-rate": "log:5e-5:2e-3",
-        "gamma": "choice:0.98,0.99,0.995,0.999",
+        "learning-rate": "log:2e-4:2e-3",
+        "end-learning-rate": "log:1e-5:3e-4",
         "batch-size": "choice:64,128,256",
-        "target-network-frequency": "choice:250,500,1000,2000,5000",
+        "tau": "log:0.002:0.05",
+        "end-e": "choice:0.01,0.03,0.1",
         "exploration-fraction": "uniform:0.05:0.3",
-        "hidden-sizes": "choice:64 64,128 128,256 256",
+        "hidden-sizes": "choice:64 64,128 128",
         "alpha": "uniform:0.4:0.8",
     },
 }
