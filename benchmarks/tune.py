@@ -148,10 +148,9 @@ class Args:
     max_failures: int = 3
     """stop this worker after this many failed trials in a row (a script that crashes every time)"""
     cluster: Literal["local", "slurm"] = "local"
-    """local: this process is a worker of the study; slurm: submit --workers Slurm jobs (through submitit), each a
-    worker of the study, and wait for them (their storage: PostgreSQL, or SQLite on a folder they all see)"""
+    """local: this process is a worker; slurm: submit --workers Slurm jobs (submitit), each a worker, and wait"""
     workers: int = 1
-    """workers to submit with --cluster slurm"""
+    """workers to submit with --cluster slurm (the storage must reach them: PostgreSQL, or SQLite on a shared disk)"""
     slurm: SlurmOptions = dataclasses.field(default_factory=SlurmOptions)
     """the Slurm jobs of --cluster slurm"""
 
