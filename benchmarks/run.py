@@ -269,14 +269,19 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def progress(job: Job, runs_dir: Path) -> str:
-    """'37%' (or a step count) of a running job, from the metrics.csv of its run directory."""
+def find_run_dir(job: Job, runs_dir: Path) -> Optional[Path]:
+    """The run directory the job's run made (the newest of its name that was not there before it started)."""
     if job.run_dir is None:
         prefix = job.combination.file_stem + "__"
         new = [path for path in runs_dir.glob(prefix + "*") if path.name not in job.known_dirs]
         if new:
             job.run_dir = max(new, key=lambda path: path.stat().st_mtime)
-    if job.run_dir is None:
+    return job.run_dir
+
+
+def progress(job: Job, runs_dir: Path) -> str:
+    """'37%' (or a step count) of a running job, from the metrics.csv of its run directory."""
+    if find_run_dir(job, runs_dir) is None:
         return "starting"
     job.metrics = job.metrics or MetricsFollower(job.run_dir / "metrics.csv")
     job.metrics.new_rows()
@@ -516,6 +521,7 @@ def main(argv: list[str]) -> int:
                 display.event(f"{verb[job.action]}{slurm_job}: {job.combination.label}")
             for job in [job for job in running if ended(job)]:
                 running.remove(job)
+                find_run_dir(job, runs_dir)  # a run that ended before the status line saw its directory
                 ok, how = outcome(job, runs_dir, logs_dir)
                 took = format_duration(time.monotonic() - job.started)
                 if not ok and cut_short(job) and job.resumes < args.max_resumes:  # preempted, cancelled, timed out
