@@ -565,11 +565,11 @@ def train(args: Args, run: "Run") -> None:
         obs = next_obs
 
         if global_step > learning_starts:
-            if args.end_learning_rate is not None:  # the learning rate falls linearly over the run, if asked
-                optimizer.param_groups[0]["lr"] = linear_schedule(args.learning_rate, args.end_learning_rate,
-                                                                  args.total_timesteps, global_step)
             # every train_frequency steps: a gradient step on the TD errors of a minibatch from the replay
             for _ in range(args.gradient_steps * run.due(args.train_frequency)):
+                if args.end_learning_rate is not None:  # the learning rate falls linearly over the run, if asked
+                    optimizer.param_groups[0]["lr"] = linear_schedule(args.learning_rate, args.end_learning_rate,
+                                                                      args.total_timesteps, global_step)
                 # beta: from beta_start to 1 over the run, the full correction at the end (Schaul et al. 2016)
                 beta = linear_schedule(args.beta_start, 1.0, args.total_timesteps, global_step)
                 batch = replay_buffer.sample(args.batch_size, run.rng, beta)

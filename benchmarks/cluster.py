@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
-from script_runs import launch
+from script_runs import launch, run_environment
 
 # Slurm's job states once a job has ended (squeue --states=all lists them for MinJobAge seconds, then forgets the job)
 ENDED_STATES = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -102,9 +102,13 @@ def run_on_node(command: list[str], stdout: str, stderr: str, environment: dict)
     """The job: run `command` (in this process group, which Slurm signals) with its output appended to the files;
     its exit status (128 + N for signal N)."""
     with open(stdout, "a") as out, open(stderr, "a") as err:
-        code = subprocess.call(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                               env={**os.environ, **environment})
-    return 128 - code if code < 0 else code
+        return exit_status(subprocess.call(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                           env={**os.environ, **environment}))
+
+
+def exit_status(code: Optional[int]) -> Optional[int]:
+    """A process's exit status as a shell gives it: 128 + N when signal N ended it (Popen's -N)."""
+    return 128 - code if code is not None and code < 0 else code
 
 
 class LocalJob:
@@ -119,7 +123,7 @@ class LocalJob:
     def poll(self) -> tuple[bool, Optional[int], str]:
         """(ended, exit status, how it ended when there is no status)"""
         code = self.process.poll()
-        return code is not None, (128 - code if code is not None and code < 0 else code), ""
+        return code is not None, exit_status(code), ""
 
     def stop(self) -> None:
         """Ctrl-C: the script saves a checkpoint and exits"""
@@ -131,10 +135,8 @@ class SlurmJob:
     """`python SCRIPT ARGV` as a Slurm job, submitted through submitit."""
 
     def __init__(self, executor, script: Path, argv: list[str], stdout: Path, stderr: Path, threads: int):
-        environment = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                       "OPENBLAS_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         self.job = executor.submit(run_on_node, [sys.executable, str(script), *argv], str(stdout), str(stderr),
-                                   environment)
+                                   run_environment(threads))
         self.id = str(self.job.job_id)
         self.looked_up = time.monotonic()
 

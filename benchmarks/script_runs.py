@@ -165,11 +165,16 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
 
 
+def run_environment(threads: int) -> dict[str, str]:
+    """What a run's environment sets: `threads` OpenMP/MKL/OpenBLAS threads, and unbuffered output."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1"}
+
+
 def launch(script: Path, argv: list[str], stdout, stderr, threads: int = 1) -> subprocess.Popen:
     """Start `python SCRIPT ARGV` in its own session (a Ctrl-C in the terminal reaches only the caller, which decides
     what to pass on) with `threads` OpenMP/MKL/OpenBLAS threads and unbuffered output."""
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                   "OPENBLAS_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    environment = {**os.environ, **run_environment(threads)}
     return subprocess.Popen([sys.executable, "-c", LAUNCHER, str(os.getpid()), str(script), *argv], stdout=stdout,
                             stderr=stderr, stdin=subprocess.DEVNULL, env=environment, start_new_session=True)
 

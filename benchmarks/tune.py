@@ -666,7 +666,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
         raise TuneError(f"cannot use study {study_name!r} in {shown_storage}: {first_line(error)}") from None
     if enqueued:  # once per study, however many workers start with it
         study.enqueue_trial(enqueued, skip_if_exists=True)
-    study_dir = Path(args.runs_dir) / re.sub(r"[^0-9A-Za-z_.-]", "_", study_name)
+    study_dir = study_folder(args, study_name)
     worker = Worker(args, script, space, fixed, study, study_dir, total_timesteps)
 
     print(f"study {study_name!r} in {shown_storage}: {args.n_trials} trials of {script.given}, "
@@ -712,6 +712,11 @@ def name_of_study(args: Args, script: Script, defaults) -> str:
     return args.study_name or "-".join(part for part in (script.path.stem, env_id) if part)
 
 
+def study_folder(args: Args, study_name: str) -> Path:
+    """Where a study keeps its trials' runs and best.json: `{runs_dir}/{study}`."""
+    return Path(args.runs_dir) / re.sub(r"[^0-9A-Za-z_.-]", "_", study_name)
+
+
 def worker_argv(args: Args) -> list[str]:
     """The command line of one worker of --cluster slurm: this one's flags that are not their defaults, less the
     cluster's."""
@@ -732,8 +737,8 @@ def submit_workers(args: Args, fixed: list[str]) -> int:
     storage_settings(args.storage)
     script = load_tuned_script(args.script)
     check_fixed_flags(fixed, script)
-    best_file = (Path(args.output) if args.output else Path(args.runs_dir) / re.sub(
-        r"[^0-9A-Za-z_.-]", "_", name_of_study(args, script, script.parse(fixed)[0])) / "best.json").resolve()
+    study_name = name_of_study(args, script, script.parse(fixed)[0])
+    best_file = (Path(args.output) if args.output else study_folder(args, study_name) / "best.json").resolve()
     folder = Path(args.runs_dir).resolve() / "_workers"
     folder.mkdir(parents=True, exist_ok=True)
     executor = cluster.executor(args.slurm, folder / "_slurm", "tune", args.seeds_per_trial * args.threads)
