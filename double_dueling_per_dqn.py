@@ -16,7 +16,7 @@ ids dqn_atari.py's wrappers and CNN, both its replay; docs/double_dueling_per_dq
     python double_dueling_per_dqn.py --no-prioritized --seed 2        # an ablation: uniform replay
     python double_dueling_per_dqn.py --env-id PongNoFrameskip-v4 --cuda ...     # Atari: its settings are in docs/
 
-Reproduces: LunarLander-v3 landed (evaluation mean 200) sooner than by dqn_lunar.py; docs/double_dueling_per_dqn.md.
+Reproduces: LunarLander-v3, seeds 101-106, final networks: IQM 221.1, 6 of 6 >= 200, 7.4 min a run; see docs/.
 """
 
 import math
@@ -37,8 +37,8 @@ FRAME_STACK, FRAME_SHAPE = 4, (84, 84)  # frames per Atari observation (Mnih et 
 class Args:
     env_id: str = "LunarLander-v3"
     """gymnasium id of the environment (any registered id, or `module:Env-v0`); an ale-py id is played from pixels"""
-    total_timesteps: int = 300_000
-    """env steps to train for, summed over all envs (dqn_lunar.py's budget)"""
+    total_timesteps: int = 200_000
+    """env steps to train for, summed over all envs (LunarLander-v3: 7.4 min a run here; dqn_lunar.py: 300_000)"""
     learning_rate: float = 1e-3
     """learning rate (dqn_lunar.py's; for prioritized replay Schaul et al. divide theirs by 4)"""
     end_learning_rate: Optional[float] = 1e-5
@@ -63,7 +63,7 @@ class Args:
     end_e: float = 0.1
     """exploration epsilon at the end of the schedule (rl-baselines3-zoo: 0.1)"""
     exploration_fraction: float = 0.2
-    """fraction of `total_timesteps` over which epsilon falls linearly to `end_e` (the first 60k steps; zoo: 0.12)"""
+    """fraction of `total_timesteps` over which epsilon falls linearly to `end_e` (the first 40k steps; zoo: 0.12)"""
     learning_starts: int = 1_000
     """env steps of random play that fill the buffer before learning starts (rl-baselines3-zoo: 0)"""
     train_frequency: int = 4
