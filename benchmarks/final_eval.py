@@ -2,6 +2,8 @@
 
     python benchmarks/final_eval.py --script dqn_lunar.py --episodes 100                  # benchmarks/runs
     python benchmarks/final_eval.py --script double_dueling_per_dqn.py --runs-dir /tmp/runs --exp-name ddp-tag
+    python benchmarks/final_eval.py --script double_dueling_per_dqn.py --exp-name double_dueling_per_dqn \
+        double_dueling_per_dqn-no-double double_dueling_per_dqn-no-dueling       # an ablation: each against the first
 
 A run's final network is its checkpoint.pt once the run has finished (the scripts save it at the last evaluation,
 which is at the last step): not best.pt, which a lucky evaluation picked. Each is evaluated by the script itself,
@@ -9,7 +11,9 @@ which is at the last step): not best.pt, which a lucky evaluation picked. Each i
 --eval-epsilon says otherwise, on the script's evaluation seeds), and its returns are kept in RUN/final_eval_N.json,
 so that running this again only evaluates new runs. The table gives each seed's mean return, their IQM with its 95%
 stratified-bootstrap interval (Agarwal et al. 2021), mean ± std, the worst seed, how many seeds reached a threshold,
-and the wall time of the training runs.
+and the wall time of the training runs. Given several exp names (a baseline first, then its variants on the same
+seeds), it also prints each seed's mean return under every one of them, and a row per exp name with the probability
+that one of its seeds beats one of the baseline's (Agarwal et al. 2021's probability of improvement) and its interval.
 """
 
 import argparse
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plot import iqm_and_interval
+from plot import iqm_and_interval, probability_of_improvement
 from script_runs import REPO_ROOT, ScriptError, find_script, load_script, read_json
 
 
@@ -65,12 +69,39 @@ def table(results: list[dict], threshold: float) -> str:
         f"(max {minutes.max():.1f})")
 
 
+def comparison(results: dict[str, list[dict]], threshold: float) -> str:
+    """Each seed's mean return under every exp name of `results` ({exp name: results}, the baseline first), then one
+    row per exp name: IQM [95% CI], mean ± std, worst seed, seeds >= threshold, P(better than the baseline) [95% CI]
+    and the training wall time."""
+    names = list(results)
+    means = {name: {result["seed"]: float(np.mean(result["returns"])) for result in runs} for name, runs in results.items()}
+    seeds = sorted(set().union(*means.values()))
+    lines = ["| seed | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {seed} | " + " | ".join(f"{means[name][seed]:.1f}" if seed in means[name] else "" for name in names)
+              + " |" for seed in seeds]
+    lines += ["", f"| exp name | seeds | IQM [95% CI] | mean ± std | worst seed | seeds >= {threshold:g} | "
+                  f"P(better than {names[0]}) [95% CI] | training wall time |", "|---" * 8 + "|"]
+    baseline = np.array(list(means[names[0]].values()))
+    for name in names:
+        scores = np.array(list(means[name].values()))
+        iqm, low, high = (float(value[0]) for value in iqm_and_interval(scores[:, None]))
+        better = "" if name == names[0] else "{:.2f} [{:.2f}, {:.2f}]".format(
+            *probability_of_improvement(scores, baseline))
+        minutes = np.array([result["wall_time_s"] for result in results[name]]) / 60
+        lines.append(f"| {name} | {len(scores)} | {iqm:.1f} [{low:.1f}, {high:.1f}] | {scores.mean():.1f} ± "
+                     f"{scores.std():.1f} | {scores.min():.1f} | {int((scores >= threshold).sum())} | {better} | "
+                     f"{minutes.mean():.1f} min |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/final_eval.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--script", required=True, help="the script whose runs to evaluate (e.g. dqn_lunar.py)")
     parser.add_argument("--runs-dir", default=str(REPO_ROOT / "benchmarks" / "runs"),
                         help="folder of the run directories (default: benchmarks/runs)")
-    parser.add_argument("--exp-name", help="the runs' exp name (default: the script's stem; STEM-TAG for a --tag)")
+    parser.add_argument("--exp-name", nargs="+", metavar="EXP_NAME",
+                        help="the runs' exp name (default: the script's stem; STEM-TAG for a --tag); several: a "
+                             "baseline, then variants compared with it")
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per run (default: 100)")
     parser.add_argument("--threshold", type=float, default=200.0,
                         help="return that counts a seed as solved in the table (default: 200, LunarLander's)")
@@ -80,20 +111,26 @@ def main(argv: list[str]) -> int:
     path = find_script(args.script)
     if path is None:
         parser.error(f"script not found: {args.script}")
-    runs = finished_runs(Path(args.runs_dir), args.exp_name or path.stem)
-    if not runs:
-        parser.error(f"no finished run of {args.exp_name or path.stem} with a checkpoint.pt in {args.runs_dir}")
+    names = list(dict.fromkeys(args.exp_name or [path.stem]))
+    runs = {name: finished_runs(Path(args.runs_dir), name) for name in names}
+    for name in names:
+        if not runs[name]:
+            parser.error(f"no finished run of {name} with a checkpoint.pt in {args.runs_dir}")
     try:
         script = load_script(args.script, path)
-        results = []
-        for run_dir in runs:
-            results.append(evaluate(script, run_dir, args.episodes))
-            print(f"seed {results[-1]['seed']}: {np.mean(results[-1]['returns']):.1f} over {args.episodes} episodes "
-                  f"({run_dir.name})", flush=True)
+        results = {name: [] for name in names}
+        for name in names:
+            for run_dir in runs[name]:
+                results[name].append(evaluate(script, run_dir, args.episodes))
+                print(f"seed {results[name][-1]['seed']}: {np.mean(results[name][-1]['returns']):.1f} over "
+                      f"{args.episodes} episodes ({run_dir.name})", flush=True)
     except ScriptError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print("\n" + table(results, args.threshold))
+    for name in names:
+        print(("\n" + name if len(names) > 1 else "") + "\n" + table(results[name], args.threshold))
+    if len(names) > 1:
+        print("\n" + comparison(results, args.threshold))
     return 0
 
 

@@ -187,25 +187,43 @@ def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[ends] - sums[starts]) / (ends - starts)
 
 
+def bootstrap(score_dict: dict, func, reps: int) -> tuple[dict, dict]:
+    """rliable's get_interval_estimates (95% stratified-bootstrap intervals, Agarwal et al. 2021) with the bootstrap's
+    seed fixed, so that a table repeats: rliable 1.2 resamples with numpy's global generator (not its random_state
+    argument), whose state is put back afterwards."""
+    from rliable import library as rly  # imported only here: it takes seconds to import
+
+    saved_state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # one seed: an interval of zero width
+            return rly.get_interval_estimates(score_dict, func, reps=reps)
+    finally:
+        np.random.set_state(saved_state)
+
+
 def iqm_and_interval(scores: np.ndarray, reps: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The interquartile mean over seeds (axis 0) of `scores` [seeds, points], and its 95% stratified-bootstrap
     confidence interval at each point (Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice", with
-    their rliable; one task, so the IQM of a point is rliable's aggregate_iqm of its column). The bootstrap's seed is
-    fixed, so a table repeats."""
-    from rliable import library as rly  # imported only here: it takes seconds to import
+    their rliable; one task, so the IQM of a point is rliable's aggregate_iqm of its column)."""
 
     def iqm(x: np.ndarray) -> np.ndarray:  # [seeds, 1 task, points] -> [points]
         return scipy.stats.trim_mean(x[:, 0], proportiontocut=0.25, axis=0)
 
-    saved_state = np.random.get_state()
-    np.random.seed(0)  # rliable 1.2 resamples with numpy's global generator (not its random_state argument)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # one seed: an interval of zero width
-            point, interval = rly.get_interval_estimates({"runs": scores[:, None, :]}, iqm, reps=reps)
-    finally:
-        np.random.set_state(saved_state)
+    point, interval = bootstrap({"runs": scores[:, None, :]}, iqm, reps)
     return point["runs"], interval["runs"][0], interval["runs"][1]
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int = 2000) -> tuple[float, float, float]:
+    """P(X > Y): the probability that a seed's score in `x` [seeds] beats one in `y` [seeds], ties counting a half
+    (the Mann-Whitney U statistic over all pairs; Agarwal et al. 2021's probability of improvement, one task), with
+    its 95% bootstrap interval: (point, low, high)."""
+    from rliable import metrics
+
+    point, interval = bootstrap({"pair": [x[:, None], y[:, None]]}, metrics.probability_of_improvement, reps)
+    low, high = np.ravel(interval["pair"])  # [2, 1] for one task
+    return float(point["pair"]), float(low), float(high)
 
 
 def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], band: str, points: int = 300):
