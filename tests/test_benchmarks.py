@@ -110,7 +110,7 @@ def test_final_eval_evaluates_each_runs_last_checkpoint_once_and_tabulates_the_s
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # kept, not evaluated again
 
 
-def test_final_eval_compares_variants_with_the_first_exp_name_seed_by_seed(tmp_path):
+def test_final_eval_compares_variants_with_the_first_exp_name_seed_by_seed(tmp_path, capsys):
     """Runs whose final evaluations are saved already (nothing is evaluated): the seed-by-seed table, and the
     probability of improvement over the baseline counted by hand over the pairs of seeds."""
     saved = {"dqn": {1: [10.0, 20.0], 2: [30.0]}, "dqn-variant": {1: [20.0], 2: [40.0, 40.0], 3: [0.0]}}
@@ -122,18 +122,20 @@ def test_final_eval_compares_variants_with_the_first_exp_name_seed_by_seed(tmp_p
             (run_dir / "summary.json").write_text(json.dumps({"status": "finished", "seed": seed, "global_step": 9}))
             (run_dir / "final_eval_3.json").write_text(json.dumps(
                 {"seed": seed, "returns": returns, "global_step": 9, "wall_time_s": 60.0 * seed}))
-    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "final_eval.py"), "--script", "dqn.py", "--runs-dir",
-               str(tmp_path), "--episodes", "3", "--threshold", "25", "--exp-name", "dqn", "dqn-variant"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "| 1 | 15.0 | 20.0 |\n| 2 | 30.0 | 40.0 |\n| 3 |  | 0.0 |" in result.stdout
+    final_eval = load_module("final_eval", REPO_ROOT / "benchmarks" / "final_eval.py")  # in this process: no imports
+    argv = ["--script", "dqn.py", "--runs-dir", str(tmp_path), "--episodes", "3", "--threshold", "25", "--exp-name",
+            "dqn", "dqn-variant"]
+    assert final_eval.main(argv) == 0
+    result = capsys.readouterr()
+    assert "| 1 | 15.0 | 20.0 |\n| 2 | 30.0 | 40.0 |\n| 3 |  | 0.0 |" in result.out
     assert re.search(r"^\| dqn \| 2 \| 22\.5 \[.*\] \| 22\.5 ± 7\.5 \| 15\.0 \| 1 \|  \| 1\.5 min \|$",
-                     result.stdout, re.M)
+                     result.out, re.M)
     # the variant's seeds 20, 40, 0 against the baseline's 15, 30: 20 > 15, 40 > 15, 40 > 30 of 6 pairs
     assert re.search(r"^\| dqn-variant \| 3 \| .* \| 20\.0 ± 16\.3 \| 0\.0 \| 1 \| 0\.50 \[\d\.\d\d, "
-                     r"\d\.\d\d\] \| 2\.0 min \|$", result.stdout, re.M)
-    missing = subprocess.run(command + ["dqn-none"], capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and "no finished run of dqn-none" in missing.stderr
+                     r"\d\.\d\d\] \| 2\.0 min \|$", result.out, re.M)
+    with pytest.raises(SystemExit) as exited:
+        final_eval.main(argv + ["dqn-none"])
+    assert exited.value.code == 2 and "no finished run of dqn-none" in capsys.readouterr().err
 
 
 def test_plotter_writes_curves_and_a_table_matching_the_summaries(tiny_benchmark, tmp_path):
@@ -356,11 +358,13 @@ def test_table_leaves_out_unfinished_runs_unless_asked_and_then_marks_them(tmp_p
 
 def test_probability_of_improvement_counts_the_pairs_of_seeds_ties_as_a_half():
     # 1 vs (1, 5, 0): a tie and a win; 2 and 3 vs (1, 5, 0): two wins each -> 5.5 of 9 pairs
-    point, low, high = plot_module.probability_of_improvement(np.array([1.0, 2.0, 3.0]), np.array([1.0, 5.0, 0.0]))
+    point, low, high = plot_module.probability_of_improvement(np.array([1.0, 2.0, 3.0]), np.array([1.0, 5.0, 0.0]),
+                                                              reps=200)
     assert point == pytest.approx(5.5 / 9) and 0 <= low <= point <= high <= 1
-    assert plot_module.probability_of_improvement(np.array([4.0, 5.0]), np.array([1.0, 2.0, 3.0])) == (1.0, 1.0, 1.0)
+    assert plot_module.probability_of_improvement(np.array([4.0, 5.0]), np.array([1.0, 2.0, 3.0]), reps=200) \
+        == (1.0, 1.0, 1.0)
     state = np.random.get_state()[1].copy()
-    again = plot_module.probability_of_improvement(np.array([1.0, 2.0, 3.0]), np.array([1.0, 5.0, 0.0]))
+    again = plot_module.probability_of_improvement(np.array([1.0, 2.0, 3.0]), np.array([1.0, 5.0, 0.0]), reps=200)
     assert again == (point, low, high) and (np.random.get_state()[1] == state).all()  # seeded, global state kept
 
 
