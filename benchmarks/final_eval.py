@@ -55,10 +55,15 @@ def evaluate(script, run_dir: Path, episodes: int) -> dict:
     return result
 
 
-def table(results: list[dict], threshold: float) -> str:
+def over_seeds(results: list[dict]) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """(each seed's mean return [seeds], (IQM, low, high) over them, each run's training wall time in minutes)."""
     means = np.array([np.mean(result["returns"]) for result in results])
-    iqm, low, high = (float(value[0]) for value in iqm_and_interval(means[:, None]))
-    minutes = np.array([result["wall_time_s"] for result in results]) / 60
+    iqm = tuple(float(value[0]) for value in iqm_and_interval(means[:, None]))
+    return means, iqm, np.array([result["wall_time_s"] for result in results]) / 60
+
+
+def table(results: list[dict], threshold: float) -> str:
+    means, (iqm, low, high), minutes = over_seeds(results)
     lines = ["| seed | mean return | std | episodes | steps | training wall time |", "|---|---|---|---|---|---|"]
     lines += [f"| {result['seed']} | {mean:.1f} | {np.std(result['returns']):.1f} | {len(result['returns'])} | "
               f"{result['global_step']:,} | {result['wall_time_s'] / 60:.1f} min |" for result, mean in zip(results, means)]
@@ -81,13 +86,11 @@ def comparison(results: dict[str, list[dict]], threshold: float) -> str:
               + " |" for seed in seeds]
     lines += ["", f"| exp name | seeds | IQM [95% CI] | mean ± std | worst seed | seeds >= {threshold:g} | "
                   f"P(better than {names[0]}) [95% CI] | training wall time |", "|---" * 8 + "|"]
-    baseline = np.array(list(means[names[0]].values()))
+    baseline = over_seeds(results[names[0]])[0]
     for name in names:
-        scores = np.array(list(means[name].values()))
-        iqm, low, high = (float(value[0]) for value in iqm_and_interval(scores[:, None]))
+        scores, (iqm, low, high), minutes = over_seeds(results[name])
         better = "" if name == names[0] else "{:.2f} [{:.2f}, {:.2f}]".format(
             *probability_of_improvement(scores, baseline))
-        minutes = np.array([result["wall_time_s"] for result in results[name]]) / 60
         lines.append(f"| {name} | {len(scores)} | {iqm:.1f} [{low:.1f}, {high:.1f}] | {scores.mean():.1f} ± "
                      f"{scores.std():.1f} | {scores.min():.1f} | {int((scores >= threshold).sum())} | {better} | "
                      f"{minutes.mean():.1f} min |")
@@ -113,9 +116,8 @@ def main(argv: list[str]) -> int:
         parser.error(f"script not found: {args.script}")
     names = list(dict.fromkeys(args.exp_name or [path.stem]))
     runs = {name: finished_runs(Path(args.runs_dir), name) for name in names}
-    for name in names:
-        if not runs[name]:
-            parser.error(f"no finished run of {name} with a checkpoint.pt in {args.runs_dir}")
+    if missing := [name for name in names if not runs[name]]:
+        parser.error(f"no finished run of {missing[0]} with a checkpoint.pt in {args.runs_dir}")
     try:
         script = load_script(args.script, path)
         results = {name: [] for name in names}
