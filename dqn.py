@@ -65,7 +65,8 @@ class Args:
     learning_starts: int = 1_000
     """env steps of random play that fill the buffer before learning (CartPole-v1: our sweep, rl-baselines3-zoo's)"""
     train_frequency: int = 4
-    """env steps between training phases (Mnih et al. 2015 and rl-baselines3-zoo: 4; CleanRL: 10)"""
+    """env steps between training phases (Mnih et al. 2015 and rl-baselines3-zoo: 4; CleanRL: 10; LunarLander-v3: 2,
+    our sweeps)"""
     gradient_steps: int = 1
     """gradient steps per training phase (rl-baselines3-zoo's LunarLander-v3: one per env step, which made each env
     step about 3x slower on our CPU)"""
