@@ -67,7 +67,7 @@ class Args:
     learning_starts: int = 1_000
     """env steps of random play that fill the buffer before learning starts (rl-baselines3-zoo: 0)"""
     train_frequency: int = 4
-    """env steps between training phases (Mnih et al. 2015 and rl-baselines3-zoo: 4)"""
+    """env steps between training phases (Mnih et al. 2015 and rl-baselines3-zoo: 4; dqn_lunar.py: 2, worse here)"""
     gradient_steps: int = 1
     """gradient steps per training phase (Mnih et al. 2015: 1; rl-baselines3-zoo: one per env step)"""
     hidden_sizes: tuple[int, ...] = (128, 128)
