@@ -806,3 +806,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         sys.exit("interrupted: run the same command again to resume the study (the trial this worker was running, "
                  "if any, is marked failed and does not count)")
+    except BrokenPipeError:  # `tune.py --help | head`: the reader has left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -364,3 +364,15 @@ def postgres_url():
         subprocess.run([*prefix, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True, stdin=subprocess.DEVNULL)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_help_into_a_pipe_whose_reader_has_left_ends_without_a_traceback():
+    # `tune.py --help | head -1`: head leaves before the long help is written; here the reader is gone from the start
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "tune.py"), "--help"], stdout=write_end,
+                               stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    stderr = process.communicate(timeout=60)[1]
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert process.returncode == 1
