@@ -72,6 +72,7 @@ SEARCH_SPACES: dict[str, dict[str, str]] = {
         "end-e": "choice:0.01,0.03,0.1",
         "exploration-fraction": "uniform:0.05:0.3",
         "hidden-sizes": "choice:64 64,128 128",
+        "buffer-size": "choice:50000,100000,200000",
     },
     "dqn_atari.py": {
         "learning-rate": "log:2e-5:5e-4",

@@ -376,3 +376,19 @@ def test_help_into_a_pipe_whose_reader_has_left_ends_without_a_traceback():
     stderr = process.communicate(timeout=60)[1]
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
     assert process.returncode == 1
+
+
+def test_the_search_spaces_table_of_the_docs_is_the_tuners_own():
+    text = (ROOT / "docs" / "tuning.md").read_text()
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.strip().startswith("| ")]
+    header = next(row for row in rows if row[0] == "flag")
+    assert header[1:] == list(tune.SEARCH_SPACES)
+    table = {script: {} for script in header[1:]}
+    for row in rows[rows.index(header) + 2:]:  # after the header's --- row
+        if not row[0].startswith("`--"):
+            break
+        for script, cell in zip(header[1:], row[1:]):
+            if cell:
+                table[script][row[0].strip("`").removeprefix("--")] = cell.strip("`")
+    assert table == tune.SEARCH_SPACES
