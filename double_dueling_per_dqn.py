@@ -71,7 +71,7 @@ class Args:
     gradient_steps: int = 1
     """gradient steps per training phase (Mnih et al. 2015: 1; rl-baselines3-zoo: one per env step)"""
     hidden_sizes: tuple[int, ...] = (128, 128)
-    """widths of the hidden layers after the torso (dqn_lunar.py's); dueling streams copy the last one"""
+    """hidden layer widths after the torso (dqn_lunar.py's before it took 256 256); dueling streams copy the last one"""
     loss: Literal["mse", "huber"] = "huber"
     """TD loss: mean squared error, or Huber (smooth L1 with delta 1: the paper's error clipping, SB3's default)"""
     max_grad_norm: Optional[float] = 10.0

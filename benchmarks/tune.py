@@ -71,7 +71,7 @@ SEARCH_SPACES: dict[str, dict[str, str]] = {
         "tau": "log:0.002:0.05",
         "end-e": "choice:0.01,0.03,0.1",
         "exploration-fraction": "uniform:0.05:0.3",
-        "hidden-sizes": "choice:64 64,128 128",
+        "hidden-sizes": "choice:64 64,128 128,256 256",
         "buffer-size": "choice:50000,100000,200000",
     },
     "dqn_atari.py": {
