@@ -76,8 +76,9 @@ EOF
     echo "CgroupAutomount=no" >"$DIR/cgroup.conf"  # slurmd reads it even with no cgroup plugin
 }
 
-running() {  # running PIDFILE: the daemon whose pid is in PIDFILE is alive
-    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+running() {  # running PIDFILE: the daemon whose pid is in PIDFILE is alive (a daemon removes its file as it exits)
+    local pid
+    pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
 start() {
@@ -108,7 +109,7 @@ stop() {
     local name
     for name in slurmd slurmctld munged; do
         if running "$DIR/$name.pid"; then
-            kill "$(cat "$DIR/$name.pid")"
+            kill "$(cat "$DIR/$name.pid" 2>/dev/null)" 2>/dev/null || true
             for _ in $(seq 50); do running "$DIR/$name.pid" || break; sleep 0.2; done
         fi
     done
