@@ -38,7 +38,7 @@ class Args:
     env_id: str = "LunarLander-v3"
     """gymnasium id of the environment (any registered id, or `module:Env-v0`); an ale-py id is played from pixels"""
     total_timesteps: int = 200_000
-    """env steps to train for, summed over all envs (LunarLander-v3: 7.3 min a run here; dqn_lunar.py: 300_000)"""
+    """env steps to train for, summed over all envs (LunarLander-v3: 3-8 min a run here; dqn_lunar.py: 300_000)"""
     learning_rate: float = 1e-3
     """learning rate (dqn_lunar.py's; for prioritized replay Schaul et al. divide theirs by 4)"""
     end_learning_rate: Optional[float] = 1e-5
