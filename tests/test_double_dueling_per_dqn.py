@@ -509,6 +509,7 @@ def test_frame_replay_priorities_and_n_step_batches_match_what_the_envs_returned
     (dict(beta_start=-0.1), "--beta-start must be in [0, 1]"),
     (dict(n_step=0), "--n-step must be >= 1"),
     (dict(priority_epsilon=0.0), "--priority-epsilon must be > 0"),
+    (dict(huber_delta=0.0), "--huber-delta must be > 0"),
     (dict(env_id="NoSuchEnv-v0"), "cannot make env 'NoSuchEnv-v0'"),
     (dict(env_id="Pendulum-v1"), "needs a Discrete action space"),
     (dict(env_id="ImageObs-v0"), "needs a 1-D Box observation space or an ale-py game"),
