@@ -73,7 +73,7 @@ class Args:
     hidden_sizes: tuple[int, ...] = (128, 128)
     """hidden layer widths after the torso (dqn_lunar.py's before it took 256 256); dueling streams copy the last one"""
     loss: Literal["mse", "huber"] = "huber"
-    """TD loss: mean squared error, or Huber (squared up to `huber_delta`, linear beyond: the paper's error clipping)"""
+    """TD loss: mean squared error, or Huber (squared up to `huber_delta`, linear beyond; delta 1: error clipping)"""
     huber_delta: float = 10.0
     """TD error beyond which the Huber loss is linear (the paper, SB3: 1; 10 lets LunarLander's +100 count: docs)"""
     max_grad_norm: Optional[float] = 10.0
