@@ -74,9 +74,14 @@ def problems(options: SlurmOptions) -> list[str]:
         found.append(f"--slurm.mem-gb must be > 0 (got {options.mem_gb})")
     found += [f"--slurm.sbatch takes KEY=VALUE, e.g. account=myproject (got {text!r})"
               for text in options.sbatch if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*=.+", text)]
-    found += [f"--cluster slurm needs Slurm's {program} on the PATH (not found)"
-              for program in ("sbatch", "squeue", "scancel") if shutil.which(program) is None]
     return found
+
+
+def missing_programs() -> list[str]:
+    """Slurm's programs that are not on the PATH, as lines for the user; asked only once every setting is valid, so
+    that a bad setting is reported as such on a machine without Slurm too."""
+    return [f"--cluster slurm needs Slurm's {program} on the PATH (not found)"
+            for program in ("sbatch", "squeue", "scancel") if shutil.which(program) is None]
 
 
 def executor(options: SlurmOptions, folder: Path, name: str, cpus: int):

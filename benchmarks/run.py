@@ -456,9 +456,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     cluster.add_arguments(parser, "runs")
     args = parser.parse_args(own)
     args.slurm = cluster.options_from(args)
-    if args.cluster == "slurm":
-        for problem in cluster.problems(args.slurm):
-            parser.error(problem)
     if args.workers is None:
         args.workers = 1 if args.cluster == "local" else sys.maxsize
     if args.workers < 1:
@@ -467,6 +464,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         parser.error(f"--threads-per-run must be >= 1 (got {args.threads_per_run})")
     if args.max_resumes < 0:
         parser.error(f"--max-resumes must be >= 0 (got {args.max_resumes})")
+    if args.cluster == "slurm":
+        for problem in cluster.problems(args.slurm):
+            parser.error(problem)
     return args, extra
 
 
@@ -479,6 +479,8 @@ def main(argv: list[str]) -> int:
         combinations = shard(all_combinations, shard_index, shard_count)
         runs_dir = Path(args.runs_dir).resolve()
         jobs = plan(combinations, runs_dir, extra_args, args.unfinished)
+        if args.cluster == "slurm" and not args.dry_run and (missing := cluster.missing_programs()):
+            raise UsageError("; ".join(missing))  # looked for once every setting is known to be valid
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

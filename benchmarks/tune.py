@@ -738,7 +738,10 @@ def submit_workers(args: Args, fixed: list[str]) -> int:
     storage_settings(args.storage)
     script = load_tuned_script(args.script)
     check_fixed_flags(fixed, script)
+    build_space(script, args.space, fixed)
     study_name = name_of_study(args, script, script.parse(fixed)[0])
+    if missing := cluster.missing_programs():  # looked for once every setting is known to be valid
+        raise TuneError("; ".join(missing))
     best_file = (Path(args.output) if args.output else study_folder(args, study_name) / "best.json").resolve()
     folder = Path(args.runs_dir).resolve() / "_workers"
     folder.mkdir(parents=True, exist_ok=True)

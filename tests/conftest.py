@@ -73,6 +73,15 @@ gym.register("DictObs-v0", entry_point=ObservationSpaceEnv, max_episode_steps=8,
              kwargs={"observation_space": gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, shape=(2,))})})
 
 
+def service_missing(reason: str) -> None:
+    """A test's service (Slurm, PostgreSQL) is not here: skip with `reason`, which says how to get it, or fail where
+    DQN_TESTS_REQUIRE_SERVICES=1 (.ci/run sets it, so that a green CI never hides a skipped cluster or database test)."""
+    import pytest
+    if os.environ.get("DQN_TESTS_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason} (DQN_TESTS_REQUIRE_SERVICES=1: the services must be up)")
+    pytest.skip(reason)
+
+
 SCRIPTS = ["dqn.py", "dqn_lunar.py", "dqn_atari.py", "double_dueling_per_dqn.py"]
 
 

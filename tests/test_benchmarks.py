@@ -207,11 +207,17 @@ def test_malformed_shard_is_a_clear_usage_error(shard_text, fake_script, tmp_pat
     (["--slurm.cpus", "0"], "--slurm.cpus must be >= 1 (got 0)"),
     (["--slurm.time-min", "0"], "--slurm.time-min must be >= 1 (got 0)"),
     (["--slurm.sbatch", "account"], "--slurm.sbatch takes KEY=VALUE"),
-    (["--max-resumes", "-1"], "--max-resumes must be >= 0 (got -1)")])
+    (["--max-resumes", "-1"], "--max-resumes must be >= 0 (got -1)"),
+    (["--seeds", "x"], "invalid int value: 'x'"),
+    (["--", "--learning-rat", "0.1"], "--learning-rat"),
+    ([], "--cluster slurm needs Slurm's sbatch on the PATH (not found)")])
 def test_bad_cluster_settings_are_one_line_errors_before_anything_is_submitted(flags, message, fake_script, tmp_path):
+    # on a machine without Slurm (PATH holds none of its programs): each bad setting is named as such; Slurm's
+    # absence only once every setting is valid
     result = run_runner("--cluster", "slurm", "--scripts", f"{fake_script}:A-v0", "--seeds", "1", "--runs-dir",
-                        str(tmp_path / "runs"), *flags)
+                        str(tmp_path / "runs"), *flags, env={"PATH": str(tmp_path)})
     assert result.returncode == 2 and message in result.stderr and not (tmp_path / "runs").exists()
+    assert len(result.stderr.strip().splitlines()) <= 2  # argparse's usage line at most, then the error
 
 
 def test_missing_script_is_a_clear_usage_error(tmp_path):

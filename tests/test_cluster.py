@@ -3,7 +3,7 @@ cancelled midway with `scancel --signal=TERM` that the runner submits again with
 
 .ci/run starts a single-node Slurm with benchmarks/local_slurm.sh and exports its SLURM_CONF; by hand:
 `benchmarks/local_slurm.sh start && export SLURM_CONF=/tmp/dqn-slurm/slurm.conf`. Without a Slurm that answers, these
-tests are skipped, except under CI=true, where they fail.
+tests are skipped, except under DQN_TESTS_REQUIRE_SERVICES=1 (.ci/run sets it), where they fail.
 """
 
 import csv
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import service_missing  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNNER = REPO_ROOT / "benchmarks" / "run.py"
 TINY = ["--learning-starts", "200", "--eval-episodes", "1"]
@@ -25,16 +27,14 @@ TINY = ["--learning-starts", "200", "--eval-episodes", "1"]
 
 @pytest.fixture(scope="module")
 def slurm():
-    """A Slurm whose partition is up, or a skip (a failure under CI=true)."""
+    """A Slurm whose partition is up, or a skip (a failure under DQN_TESTS_REQUIRE_SERVICES=1)."""
     answer = None
     if shutil.which("sinfo"):
         answer = subprocess.run(["sinfo", "--noheader", "--format=%a %t"], capture_output=True, text=True, timeout=30)
     if answer is None or answer.returncode != 0 or not re.search(r"^up (idle|mix|alloc)", answer.stdout, re.M):
         reason = ("no Slurm answers: start one with `benchmarks/local_slurm.sh start` and export the SLURM_CONF it "
                   f"prints ({answer.stderr.strip() if answer else 'sinfo not installed'})")
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        service_missing(reason)
 
 
 def runner(runs_dir: Path, seeds: list[str], *script_args: str) -> subprocess.Popen:
@@ -109,3 +109,14 @@ def test_tuner_workers_run_as_slurm_jobs_sharing_one_study(slurm, tmp_path):
     assert len(trials) == 4 and all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
     worker_logs = sorted((tmp_path / "runs" / "_workers").glob("worker_*.stdout.log"))
     assert len(worker_logs) == 2 and all("study 'shared'" in log.read_text() for log in worker_logs)
+
+
+@pytest.mark.parametrize("required, outcome", [(None, pytest.skip.Exception), ("1", pytest.fail.Exception)])
+def test_an_absent_service_skips_with_its_reason_on_a_laptop_and_fails_under_ci(monkeypatch, required, outcome):
+    if required is None:
+        monkeypatch.delenv("DQN_TESTS_REQUIRE_SERVICES", raising=False)
+    else:
+        monkeypatch.setenv("DQN_TESTS_REQUIRE_SERVICES", required)
+    with pytest.raises(outcome, match="start one with benchmarks/local_slurm.sh"):
+        service_missing("no Slurm answers: start one with benchmarks/local_slurm.sh")
+    assert "export DQN_TESTS_REQUIRE_SERVICES=1" in (REPO_ROOT / ".ci" / "run").read_text()

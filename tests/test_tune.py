@@ -3,7 +3,7 @@ and the one-line errors for bad input.
 
 The PostgreSQL test uses TUNE_TEST_POSTGRES_URL (.ci/run starts a server on 127.0.0.1 and sets it); without it, the
 test starts its own throwaway server from the system's initdb/pg_ctl, and without those it is skipped (it fails under
-CI=true, where it must run).
+DQN_TESTS_REQUIRE_SERVICES=1, which .ci/run sets).
 """
 
 import csv
@@ -27,7 +27,7 @@ import tyro
 from optuna.trial import TrialState
 
 import tune  # noqa: E402  (benchmarks/ is on sys.path, by conftest)
-from conftest import ROOT, STUB_SCRIPT  # noqa: E402
+from conftest import ROOT, STUB_SCRIPT, service_missing  # noqa: E402
 from script_runs import MetricsFollower, ScriptError  # noqa: E402
 
 TUNER = ROOT / "benchmarks" / "tune.py"
@@ -311,6 +311,22 @@ def test_bad_input_is_reported_in_one_line(tmp_path, flags, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "--workers must be >= 1 (got 0)"),
+    (["--slurm.cpus", "0"], "--slurm.cpus must be >= 1 (got 0)"),
+    (["--space", "gamma=between:0.9:1"], "SPEC must be log:LOW:HIGH"),
+    (["--", "--learning-rat", "0.1"], "unknown flag --learning-rat"),
+    ([], "--cluster slurm needs Slurm's sbatch on the PATH (not found)")])
+def test_cluster_settings_are_checked_before_slurm_is_looked_for(tmp_path, monkeypatch, flags, message):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without Slurm's programs
+    argv = ["--script", "dqn.py", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--runs-dir", str(tmp_path / "runs"),
+            "--cluster", "slurm"]
+    tuner_flags, script_flags = (flags[:flags.index("--")], flags[flags.index("--"):]) if "--" in flags else (flags, [])
+    with pytest.raises(ScriptError, match=re.escape(message)):
+        tune.main(argv + tuner_flags + script_flags)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_command_line_errors_are_one_line_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, str(TUNER), "--script", "nope.py"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
@@ -341,9 +357,7 @@ def postgres_url():
     if binaries is None or (as_root and shutil.which("runuser") is None):
         reason = ("no PostgreSQL server: set TUNE_TEST_POSTGRES_URL (as .ci/run does) or install PostgreSQL "
                   "(apt-get install postgresql) so that the test can start its own")
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        service_missing(reason)
     # a throwaway server on 127.0.0.1 only; as root it runs as the postgres user, which initdb requires
     prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
     folder = Path(tempfile.mkdtemp(prefix="tune-test-postgres-"))
