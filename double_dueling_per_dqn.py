@@ -603,9 +603,10 @@ def train(args: Args, run: "Run") -> None:
 
 # %% Harness: all a run needs that is not DQN, the same text in all four scripts (a test compares it). The script above
 # defines `Args`, `RUN_DEFAULTS`, `check_args(args, run_args)` and `train(args, run)`; the rest comes in as arguments.
-import csv, dataclasses, importlib.util, json, os, random, signal, sys, time  # noqa: E401, E402 (its own imports)
+import contextlib, csv, dataclasses, importlib.util, json, os, random, shutil, signal, sys, tempfile, time  # noqa
+fcntl = importlib.import_module("fcntl") if os.name == "posix" else None  # the run directory's lock (not on Windows)
 from pathlib import Path  # noqa: E402
-from typing import Any, Iterator  # noqa: E402
+from typing import Any, Iterator, Literal, Union, get_args, get_origin  # noqa: E402
 
 import tyro  # noqa: E402
 
@@ -669,12 +670,38 @@ def general_problems(args, run_args: RunArgs) -> list[str]:
         problems.append("--resume and --eval-checkpoint exclude each other")
     if run_args.capture_video and importlib.util.find_spec("moviepy") is None:  # gymnasium's RecordVideo needs it
         problems.append("--capture-video needs moviepy: pip install -r requirements.txt")
-    existing = Path(run_args.runs_dir).absolute()  # a new run directory goes under its nearest existing ancestor
-    while not existing.exists():
-        existing = existing.parent
-    if not (existing.is_dir() and os.access(existing, os.W_OK) or run_args.resume or run_args.eval_checkpoint):
-        problems.append(f"--runs-dir {run_args.runs_dir} cannot be made: {existing} is not a writable directory")
+    if any(character in run_args.exp_name for character in "/\\\0") or run_args.exp_name in ("", ".", ".."):
+        problems.append(f"--exp-name must be a name, not a path: it names the run's folder (got {run_args.exp_name!r})")
     return problems
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Try writing in `folder` (making it, then removing what was made): a ConfigError naming it and why, if not."""
+    made = [path for path in [folder.absolute(), *folder.absolute().parents] if not path.exists()]  # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        why = "it is a file, not a folder" if isinstance(error, FileExistsError) else error.strerror.lower()
+        raise ConfigError(f"{what} {str(folder)!r} cannot be written: {why}") from None
+    finally:
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def fits(value, annotation) -> bool:
+    """Whether `value` (read from an untrusted checkpoint) has the type that a setting declares."""
+    origin, options = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return value in options
+    if origin is Union:
+        return any(fits(value, option) for option in options)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(fits(item, options[0]) for item in value)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value is None if annotation is type(None) else type(value) is annotation
 
 
 def greedy_actions(network: nn.Module, obs: np.ndarray) -> np.ndarray:
@@ -715,13 +742,26 @@ def evaluate(policy: Callable, env_thunk: Callable[[], gym.Env], n_episodes: int
     return returns if len(returns) == n_episodes else None
 
 
+def write_atomically(path: Path, write: Callable, mode: str = "wb") -> None:
+    """Write a whole file or none: `write(file)` into path.tmp, then renamed over `path`. A crash, Ctrl-C, SIGTERM or a
+    full disk leaves the previous file intact; a failed write raises an OSError that names `path`."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with open(temporary, mode, **({} if "b" in mode else dict(newline=""))) as file:
+            write(file)
+            file.flush()  # then to the disk: a crash of the machine leaves a whole file too
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)
+        failed = error if isinstance(error, OSError) else error.__context__  # torch's zip writer wraps a failed write
+        if isinstance(failed, OSError):
+            raise OSError(failed.errno, failed.strerror, str(path)) from None
+        raise
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a crash, Ctrl-C or SIGTERM during the write leaves the previous file intact."""
-    with open(path.with_name(path.name + ".tmp"), "wb") as file:
-        torch.save(state, file)
-        file.flush()  # then to the disk: a crash of the machine leaves a whole file too
-        os.fsync(file.fileno())
-    os.replace(path.with_name(path.name + ".tmp"), path)
+    write_atomically(path, lambda file: torch.save(state, file))
 
 
 def read_checkpoint(given: str, mmap: bool = False) -> tuple[Path, dict]:
@@ -740,13 +780,34 @@ def read_checkpoint(given: str, mmap: bool = False) -> tuple[Path, dict]:
     return path, checkpoint
 
 
+def optimizer_fits(thing, fresh_types: list[dict]) -> bool:
+    """Whether a loaded optimizer has the setting types of a fresh one (`fresh_types`), finite settings, and moments of
+    its parameters' shapes (torch checks none of these on load); anything else that loaded fits."""
+    if not isinstance(thing, torch.optim.Optimizer):
+        return True
+    return [{key: type(value) for key, value in group.items()} for group in thing.param_groups] == fresh_types and all(
+        math.isfinite(value) for group in thing.param_groups for value in group.values() if isinstance(value, float)
+    ) and all(value.shape in (parameter.shape, ()) for parameter, state in thing.state.items()
+              for value in state.values() if isinstance(value, torch.Tensor))
+
+
+MODEL_FIELDS = dict(script=str, env_id=str, args=dict, run_args=dict, global_step=int, state=dict)  # to evaluate
+RESUME_FIELDS = MODEL_FIELDS | dict(updates=int, best_eval_mean=float, replay_saved=bool, rng=dict, classes=dict)
+
+
+def check_fields(path: Path, checkpoint: dict, fields: dict) -> None:
+    """Refuse a checkpoint (untrusted input) that lacks one of `fields` or holds it with another type."""
+    if wrong := [name for name, kind in fields.items() if type(checkpoint.get(name)) is not kind]:
+        raise ConfigError(f"{str(path)!r} is not a whole checkpoint: {', '.join(wrong)} missing or of the wrong type")
+
+
 class Run:
     """The harness side of train(args, run): checks, checkpoint, device, seeds; start, steps, finish frame the loop."""
 
     def __init__(self, args, run_args: RunArgs):
         if problems := general_problems(args, run_args) or check_args(args, run_args):  # the script's own second
             raise ConfigError("; ".join(problems))
-        self.args, self.run_args, self.checkpoint = args, run_args, None
+        self.args, self.run_args, self.checkpoint, self.checkpoint_file = args, run_args, None, None
         self.evaluating = run_args.eval_checkpoint is not None  # --eval-checkpoint: evaluate, do not train
         if run_args.resume is not None or self.evaluating:
             self.checkpoint_file, checkpoint = read_checkpoint(run_args.resume or run_args.eval_checkpoint)
@@ -755,9 +816,17 @@ class Run:
                 raise ConfigError(f"{where} is not a {SCRIPT}.py checkpoint (it comes from {checkpoint.get('script')})")
             if checkpoint["env_id"] != args.env_id:
                 raise ConfigError(f"{where} was trained on {checkpoint['env_id']}, not {args.env_id}")
+            check_fields(self.checkpoint_file, checkpoint, MODEL_FIELDS if self.evaluating else RESUME_FIELDS)
+            if checkpoint["global_step"] < 0:
+                raise ConfigError(f"{where} is not a whole checkpoint: its global_step is {checkpoint['global_step']}")
             if not self.evaluating and checkpoint["global_step"] >= args.total_timesteps:
-                raise ConfigError(f"{where} has run {checkpoint['global_step']:,} steps: more need --total-timesteps")
+                raise ConfigError(f"{where} is finished: it has run {checkpoint['global_step']:,} steps; training on "
+                                  "needs a larger --total-timesteps")
             self.checkpoint = checkpoint
+        # the folder this run writes to (its videos, with --eval-checkpoint): tried now, before any work
+        if not self.evaluating or run_args.capture_video:
+            check_writable(self.checkpoint_file.parent if self.checkpoint_file else Path(run_args.runs_dir),
+                           "--runs-dir" if self.checkpoint_file is None else "the run directory")
         if run_args.cuda and not torch.cuda.is_available():
             print("warning: --cuda given but CUDA is not available; using the CPU", file=sys.stderr)
         self.device = torch.device("cuda" if run_args.cuda and torch.cuda.is_available() else "cpu")
@@ -770,7 +839,7 @@ class Run:
         self.global_step = self.start_step = self.updates = self.num_envs = 0
         self.best_eval_mean, self.eval_returns, self.status, self.signal = -math.inf, None, "running", None
         self.run_dir, self.metrics, self.wandb_run, self.replay_restored, self.charts = None, None, None, False, {}
-        self.recent_returns, self.handlers, self.start_time = [], {}, time.perf_counter()
+        self.recent_returns, self.handlers, self.start_time, self.lock_fd = [], {}, time.perf_counter(), None
 
     def check_memory(self, nbytes: int, setting: str, device: torch.device = torch.device("cpu")) -> None:
         """Refuse, before it is allocated, a replay that would take more than 80% of the memory free on `device`."""
@@ -791,9 +860,14 @@ class Run:
         for name, thing in state.items() if checkpoint is not None else ():
             if checkpoint.get("classes", {}).get(name, type(thing).__name__) != type(thing).__name__:  # --optimizer
                 raise ConfigError(f"{str(self.checkpoint_file)!r} holds a {checkpoint['classes'][name]} as {name}")
+            if name not in checkpoint["state"] and self.evaluating:
+                continue  # a network saved for evaluation only (models/): no optimizer, no target network
+            fresh = [{key: type(value) for key, value in group.items()} for group in getattr(thing, "param_groups", [])]
             try:
                 thing.load_state_dict(checkpoint["state"][name])
-            except (KeyError, RuntimeError, ValueError) as error:
+                if not optimizer_fits(thing, fresh):
+                    raise ValueError(f"its {name} has settings of other types, not finite, or moments of other shapes")
+            except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as error:
                 raise ConfigError(f"{str(self.checkpoint_file)!r} does not fit these settings (another "
                                   f"--hidden-sizes?): {' '.join(str(error).split())[:300]}") from None
         if self.evaluating:
@@ -801,28 +875,42 @@ class Run:
         if checkpoint is not None:
             self.global_step = self.start_step = checkpoint["global_step"]
             self.updates, self.best_eval_mean = checkpoint["updates"], checkpoint["best_eval_mean"]
-            self.rng.bit_generator.state = checkpoint["rng"]["numpy"]
-            torch.set_rng_state(checkpoint["rng"]["torch"])
-            if checkpoint["replay_saved"] and (self.checkpoint_file.parent / "replay.pt").exists():
-                _, saved = read_checkpoint(self.checkpoint_file.parent / "replay.pt", mmap=True)  # mmap: no 2nd copy
+            try:
+                self.rng.bit_generator.state = checkpoint["rng"]["numpy"]
+                torch.set_rng_state(checkpoint["rng"]["torch"])
+            except (KeyError, TypeError, ValueError, RuntimeError):
+                raise ConfigError(f"{str(self.checkpoint_file)!r} is not a whole checkpoint: its rng") from None
+            replay_file = self.checkpoint_file.parent / "replay.pt"
+            if checkpoint["replay_saved"] and replay_file.exists():
+                _, saved = read_checkpoint(replay_file, mmap=True)  # mmap: no second copy in memory
+                check_fields(replay_file, saved, dict(global_step=int, replay=dict))
                 if saved["global_step"] == self.global_step:  # else a crash came between the two writes: too new
-                    replay.load_state_dict(saved["replay"])
+                    try:
+                        replay.load_state_dict(saved["replay"])
+                    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+                        raise ConfigError(f"{str(replay_file)!r} does not fit this replay: {error}") from None
                     self.replay_restored = True
             self.run_dir = self.checkpoint_file.parent  # nothing was written before this line: an error leaves no trace
-            with open(self.run_dir / "metrics.csv", newline="") as file:  # the steps after the checkpoint come again
+            self.lock()
+            rows = []  # the steps after the checkpoint come again (a checkpoint copied out of its run starts afresh)
+            with contextlib.suppress(FileNotFoundError), open(self.run_dir / "metrics.csv", newline="") as file:
                 rows = [row for row in csv.reader(file) if row[0] == "global_step" or int(row[0]) <= self.global_step]
-            with open(self.run_dir / "metrics.csv", "w", newline="") as file:
-                csv.writer(file).writerows(rows)
+            write_atomically(self.run_dir / "metrics.csv", lambda file: csv.writer(file).writerows(rows), "w")
             print(f"resuming {self.run_dir} at step {self.global_step:,}"
                   + ("" if self.replay_restored else " with an empty replay buffer"))
         else:
             self.run_dir = Path(self.run_args.runs_dir) / "__".join([self.args.env_id.replace("/", "-").replace(
                 ":", "-"), self.run_args.exp_name, str(self.run_args.seed), str(int(time.time()))])
-            while self.run_dir.exists():  # two runs started in the same second
-                self.run_dir = self.run_dir.with_name(self.run_dir.name + "_")
-            self.run_dir.mkdir(parents=True)
+            while True:  # two runs started in the same second take two names
+                try:
+                    self.run_dir.mkdir(parents=True)
+                    break
+                except FileExistsError:
+                    self.run_dir = self.run_dir.with_name(self.run_dir.name + "_")
+            self.lock()
         settings = {"args": dataclasses.asdict(self.args), "run_args": dataclasses.asdict(self.run_args)}
-        (self.run_dir / "args.json").write_text(json.dumps(flat := settings["args"] | settings["run_args"], indent=2))
+        flat = settings["args"] | settings["run_args"]
+        write_atomically(self.run_dir / "args.json", lambda file: file.write(json.dumps(flat, indent=2)), "w")
         if self.run_args.track:
             import wandb
             self.wandb_run = wandb.init(project=self.run_args.wandb_project_name, entity=self.run_args.wandb_entity,
@@ -846,6 +934,17 @@ class Run:
     def learning_starts(self, learning_starts: int) -> int:
         """The step after which learning starts: once the replay holds `learning_starts` transitions of this run."""
         return self.global_step + learning_starts if self.checkpoint and not self.replay_restored else learning_starts
+
+    def lock(self) -> None:
+        """One run directory, one process: an OS lock on the folder, which ends with this process (kill -9 too)."""
+        self.lock_fd = os.open(self.run_dir, os.O_RDONLY)
+        try:
+            if fcntl is not None:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.lock_fd)
+            raise ConfigError(f"{self.run_dir} is in use by another process (its run, or a resume of it): wait until "
+                              "it ends") from None
 
     def on_signal(self, signum, frame) -> None:
         if self.signal is not None:  # a second Ctrl-C: stop at once
@@ -886,8 +985,11 @@ class Run:
 
     def log(self, name: str, value: float) -> None:
         """One row `global_step, wall_time, name, value` of metrics.csv, the same to TensorBoard, and to wandb."""
-        self.metrics_writer.writerow([self.global_step, f"{time.time():.3f}", name, f"{value:.6g}"])
-        self.metrics.flush()
+        try:
+            self.metrics_writer.writerow([self.global_step, f"{time.time():.3f}", name, f"{value:.6g}"])
+            self.metrics.flush()
+        except OSError as error:  # a full disk: name the file
+            raise OSError(error.errno, error.strerror, self.metrics.name) from None
         self.tensorboard.add_scalar(name, value, self.global_step)
         if self.wandb_run is not None:
             self.wandb_run.log({name: value, "global_step": self.global_step})
@@ -989,11 +1091,18 @@ class Run:
                    "replay_size": getattr(getattr(self, "replay", None), "size", None),
                    "run_dir": str(self.run_dir) if self.run_dir else None,
                    "signal": signal.Signals(self.signal).name if self.signal else None}
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
         if self.metrics is None:  # nothing was written: evaluation only, or stopped before the run directory
             return summary
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        self.metrics.close()
-        self.tensorboard.close()
+        try:
+            write_atomically(self.run_dir / "summary.json", lambda file: file.write(json.dumps(summary, indent=2)), "w")
+        except OSError as error:  # a full disk: the run's checkpoints are whole, but its summary is missing
+            summary["status"] = "failed"
+            print(f"error: cannot write {self.run_dir / 'summary.json'}: {error.strerror}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            self.metrics.close()
+            self.tensorboard.close()
         if self.wandb_run is not None:
             self.wandb_run.summary.update({k: v for k, v in summary.items() if k != "eval_returns"})
             self.wandb_run.finish(exit_code=0 if returns else 1)
@@ -1013,6 +1122,13 @@ def main(args, run_args: Optional[RunArgs] = None) -> dict:
     except KeyboardInterrupt:  # before the loop, or a second Ctrl-C: what was saved stays as it was
         run.status, run.signal = "interrupted", run.signal or signal.SIGINT
         print(f"\ninterrupted at step {run.global_step:,}", file=sys.stderr)
+    except OSError as error:  # a full disk, at any write: the checkpoints are written whole, so the last one loads
+        run.status, where, free = "failed", Path(error.filename or run.run_dir or "."), ""
+        with contextlib.suppress(OSError):
+            free = f" ({shutil.disk_usage(where if where.is_dir() else where.parent).free / 1e6:,.1f} MB free there)"
+        resume = f"; then continue with python {SCRIPT}.py --resume {run.run_dir}" if run.run_dir and (
+            run.run_dir / "checkpoint.pt").exists() else ""
+        print(f"\nerror: cannot write {where}: {error.strerror or error}{free}{resume}", file=sys.stderr)
     return run.finish()
 
 
@@ -1023,7 +1139,12 @@ def parse_command_line(argv: Optional[list[str]] = None) -> tuple[Any, RunArgs]:
     if given := [argv[i + 1] for i, word in enumerate(argv[:-1]) if word in options] + [
             word.split("=", 1)[1] for word in argv if word.split("=", 1)[0] in options and "=" in word]:
         path, saved = read_checkpoint(given[-1])
-        try:  # the saved settings this script still has; tuples were stored as lists
+        try:  # the saved settings this script still has, each of the type it declares; tuples were stored as lists
+            declared = {key: {field.name: field.type for field in dataclasses.fields(kind)}
+                        for kind, key in ((Args, "args"), (RunArgs, "run_args"))}
+            if wrong := [f"{name}={value!r}" for key in declared for name, value in saved[key].items()
+                         if name in declared[key] and not fits(value, declared[key][name])]:
+                raise ConfigError(f"{str(path)!r} holds settings of the wrong type: {', '.join(wrong)}"[:300])
             args, run_args = (kind(**{name: tuple(value) if isinstance(value, list) else value
                                       for name, value in saved[key].items()
                                       if name in {field.name for field in dataclasses.fields(kind)}})

@@ -337,12 +337,17 @@ def params_argv(params: dict, space: dict[str, Distribution]) -> list[str]:
 
 
 
+def without_passwords(text: str) -> str:
+    """`text` with the password of every URL in it (scheme://user:PASSWORD@host) replaced by ***."""
+    return re.sub(r"(\w[\w+.-]*://[^:/@\s]*:)(?!PASSWORD@)[^@\s]*@", r"\1***@", text)  # not the usage's
+
+
 def storage_settings(url: str) -> tuple[str, dict]:
     """Check a storage URL without connecting; return it as it may be shown (no password) and the engine settings."""
     try:
         parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise TuneError(f"--storage {url!r} is not a database URL: use sqlite:///FILE or "
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise TuneError(f"--storage {without_passwords(url)!r} is not a database URL: use sqlite:///FILE or "
                         "postgresql://USER:PASSWORD@HOST:PORT/DB") from None
     shown = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
@@ -806,7 +811,7 @@ if __name__ == "__main__":
     try:
         main()
     except ScriptError as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"error: {without_passwords(str(error))}")  # whatever the message quotes, never a password
     except KeyboardInterrupt:
         sys.exit("interrupted: run the same command again to resume the study (the trial this worker was running, "
                  "if any, is marked failed and does not count)")

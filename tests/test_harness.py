@@ -53,7 +53,8 @@ def test_each_script_keeps_its_line_budget(script):
     algorithm, harness = split_at_marker(script)
     budget = BUDGETS[script]
     assert len(algorithm) <= budget, f"{script}: {len(algorithm)} lines above the harness, budget {budget}"
-    assert len(harness) <= 450, f"the harness has {len(harness)} lines, budget 450"
+    # 450 until the fault handling of issue 36 (writes tried, full disks, untrusted checkpoints, the run's lock) came
+    assert len(harness) <= 575, f"the harness has {len(harness)} lines, budget 575"
     assert max(len(line.rstrip("\n")) for line in algorithm + harness) <= 120
 
 
@@ -118,10 +119,14 @@ def test_bad_input_is_one_line_on_stderr_and_nothing_is_written(flags, message, 
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_runs_dir_that_cannot_be_made_is_refused(tmp_path):
+def test_a_runs_dir_that_cannot_be_written_is_refused_with_the_reason_and_nothing_is_left(tmp_path):
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(dqn.ConfigError, match="cannot be made: .*a_file is not a writable directory"):
-        dqn.Run(*settings(dqn, runs_dir=str(tmp_path / "a_file" / "runs")))
+    for runs_dir, why in [(tmp_path / "a_file" / "runs", "not a directory"), (tmp_path / "a_file", "it is a file"),
+                          (Path("/proc/no/such/place"), "no such file or directory")]:  # /proc: root cannot either
+        with pytest.raises(dqn.ConfigError, match=f"--runs-dir '{runs_dir}' cannot be written: {why}"):
+            dqn.Run(*settings(dqn, runs_dir=str(runs_dir)))
+    dqn.Run(*settings(dqn, runs_dir=str(tmp_path / "new" / "runs")))  # tried by making it: then removed again
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]
 
 
 def test_a_replay_larger_than_the_free_memory_is_refused_before_it_is_allocated(tmp_path):
@@ -188,7 +193,8 @@ def test_resume_takes_a_run_directory_and_its_settings(finished_run):
     assert summary["status"] == "finished" and summary["global_step"] == 2500
     assert json.loads((finished_run / "args.json").read_text())["learning_starts"] == 1000  # the saved settings
     refused = run_script([sys.executable, "dqn.py", "--resume", str(finished_run)])
-    assert refused.returncode == 2 and "has run 2,500 steps: more need --total-timesteps" in refused.stderr
+    assert refused.returncode == 2 and "is finished: it has run 2,500 steps; training on needs a larger " \
+        "--total-timesteps" in refused.stderr
 
 
 def test_help_into_a_closed_pipe_prints_no_traceback():
