@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 import cluster
-from script_runs import REPO_ROOT, MetricsFollower, ScriptError, find_script, load_script, read_json, setting_conflicts
+from script_runs import (REPO_ROOT, MetricsFollower, ScriptError, check_writable, find_script, load_script, read_json,
+                         setting_conflicts)
 
 # the runner sets these per run; after `--` they would silently break the skip logic or collide between runs
 RESERVED_FLAGS = ["--env-id", "--seed", "--runs-dir", "--exp-name", "--resume", "--eval-checkpoint"]
@@ -479,9 +480,11 @@ def main(argv: list[str]) -> int:
         combinations = shard(all_combinations, shard_index, shard_count)
         runs_dir = Path(args.runs_dir).resolve()
         jobs = plan(combinations, runs_dir, extra_args, args.unfinished)
+        if not args.dry_run:
+            check_writable(runs_dir, "--runs-dir")
         if args.cluster == "slurm" and not args.dry_run and (missing := cluster.missing_programs()):
             raise UsageError("; ".join(missing))  # looked for once every setting is known to be valid
-    except UsageError as error:
+    except (UsageError, ScriptError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logs_dir = runs_dir / "_logs"

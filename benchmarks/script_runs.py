@@ -18,6 +18,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import types
 import typing
 from dataclasses import dataclass
@@ -33,6 +34,22 @@ UNCOMPARED_SETTINGS = {"env_id", "seed", "runs_dir", "exp_name", "resume", "eval
 
 class ScriptError(Exception):
     """A script or a setting that cannot be used; reported as one line, without a traceback."""
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Try writing in `folder` (making it, then removing what was made), as the scripts' harness does: a ScriptError
+    naming the folder and why (read-only file system, not a directory, permission denied), if it cannot be."""
+    made = [path for path in [folder.absolute(), *folder.absolute().parents] if not path.exists()]  # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        why = "it is a file, not a folder" if isinstance(error, FileExistsError) else error.strerror.lower()
+        raise ScriptError(f"{what} {str(folder)!r} cannot be written: {why}") from None
+    finally:
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def base_type(annotation) -> type:

@@ -49,8 +49,8 @@ from optuna.trial import TrialState
 
 import cluster
 from cluster import SlurmOptions
-from script_runs import (REPO_ROOT, MetricsFollower, Script, ScriptError, find_script, launch, load_script,
-                         stop)
+from script_runs import (REPO_ROOT, MetricsFollower, Script, ScriptError, check_writable, find_script, launch,
+                         load_script, stop)
 
 # The default search space of each script, in the syntax of --space. Ranges bracket each script's own defaults, which
 # come from the papers and tuned sets its docstrings cite (a test checks this); a width is searched only where the
@@ -660,6 +660,9 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
     defaults, _ = script.parse(fixed)
     total_timesteps = int(defaults.total_timesteps)
     study_name = name_of_study(args, script, defaults)
+    check_writable(Path(args.runs_dir), "--runs-dir")
+    if args.output:
+        check_writable(Path(args.output).parent, "--output's folder")
     storage = open_storage(args.storage)
     shown_storage, _ = storage_settings(args.storage)
     config = {"script": script.name, "fixed": fixed, "space": {flag: d.spec() for flag, d in space.items()},
@@ -745,6 +748,7 @@ def submit_workers(args: Args, fixed: list[str]) -> int:
     check_fixed_flags(fixed, script)
     build_space(script, args.space, fixed)
     study_name = name_of_study(args, script, script.parse(fixed)[0])
+    check_writable(Path(args.runs_dir), "--runs-dir")
     if missing := cluster.missing_programs():  # looked for once every setting is known to be valid
         raise TuneError("; ".join(missing))
     best_file = (Path(args.output) if args.output else study_folder(args, study_name) / "best.json").resolve()

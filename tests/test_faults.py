@@ -310,3 +310,19 @@ def test_a_wandb_key_never_reaches_the_run_files_or_the_output(tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert b"k3yk3y" not in path.read_bytes(), path
+
+
+def test_the_tools_try_their_output_folders_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    blocked = str(tmp_path / "a_file" / "runs")
+    runner = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--scripts", "dqn.py:CartPole-v1",
+                             "--seeds", "1", "--runs-dir", blocked], capture_output=True, text=True, timeout=120)
+    why = "cannot be written: not a directory\n"
+    assert runner.returncode == 2 and runner.stderr == f"error: --runs-dir '{blocked}' {why}"
+    for flags, what in [(["--runs-dir", blocked], "--runs-dir"),
+                        (["--output", f"{blocked}/best.json", "--runs-dir", str(tmp_path / "runs")], "--output's folder")]:
+        tuner = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tune.py"), "--script", "dqn.py", "--storage",
+                                f"sqlite:///{tmp_path / 'study.db'}", *flags], capture_output=True, text=True,
+                               timeout=120)
+        assert tuner.returncode == 1 and tuner.stderr == f"error: {what} '{blocked}' {why}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]  # no study, no runs
