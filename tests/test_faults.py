@@ -319,8 +319,8 @@ def test_the_tools_try_their_output_folders_before_any_work(tmp_path):
                              "--seeds", "1", "--runs-dir", blocked], capture_output=True, text=True, timeout=120)
     why = "cannot be written: not a directory\n"
     assert runner.returncode == 2 and runner.stderr == f"error: --runs-dir '{blocked}' {why}"
-    for flags, what in [(["--runs-dir", blocked], "--runs-dir"),
-                        (["--output", f"{blocked}/best.json", "--runs-dir", str(tmp_path / "runs")], "--output's folder")]:
+    output = ["--output", f"{blocked}/best.json", "--runs-dir", str(tmp_path / "runs")]
+    for flags, what in [(["--runs-dir", blocked], "--runs-dir"), (output, "--output's folder")]:
         tuner = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tune.py"), "--script", "dqn.py", "--storage",
                                 f"sqlite:///{tmp_path / 'study.db'}", *flags], capture_output=True, text=True,
                                timeout=120)
