@@ -278,7 +278,8 @@ def train(args: Args, run: "Run") -> None:
 
 # %% Harness: all a run needs that is not DQN, the same text in all four scripts (a test compares it). The script above
 # defines `Args`, `RUN_DEFAULTS`, `check_args(args, run_args)` and `train(args, run)`; the rest comes in as arguments.
-import contextlib, csv, dataclasses, importlib.util, json, os, random, shutil, signal, sys, tempfile, time  # noqa
+import contextlib, csv, dataclasses, importlib.util, json, os, random, shutil, signal, sys, tempfile  # noqa: E401, E402
+import threading, time  # noqa: E401, E402
 fcntl = importlib.import_module("fcntl") if os.name == "posix" else None  # the run directory's lock (not on Windows)
 from pathlib import Path  # noqa: E402
 from typing import Any, Iterator, Literal, Union, get_args, get_origin  # noqa: E402
@@ -592,6 +593,8 @@ class Run:
                                         name=self.run_dir.name, id=self.run_dir.name.replace(".", "-"),
                                         resume="allow", dir=str(self.run_dir), config=settings)
         from torch.utils.tensorboard import SummaryWriter  # TensorBoard event files, imported only for training
+        threading.excepthook = lambda hook: None if issubclass(hook.exc_type, OSError) else threading.__excepthook__(
+            hook)  # its writer thread's failed write (a full disk) is reported once, by the next add_scalar
         self.tensorboard = SummaryWriter(self.run_dir, purge_step=self.global_step + 1 if checkpoint else None)
         table = "\n".join(f"| {name} | {value} |" for name, value in flat.items())
         self.tensorboard.add_text("hyperparameters", "| setting | value |\n| --- | --- |\n" + table, self.global_step)
@@ -665,7 +668,10 @@ class Run:
             self.metrics.flush()
         except OSError as error:  # a full disk: name the file
             raise OSError(error.errno, error.strerror, self.metrics.name) from None
-        self.tensorboard.add_scalar(name, value, self.global_step)
+        try:  # TensorBoard writes in a thread of its own, which hands a failed write to the next call
+            self.tensorboard.add_scalar(name, value, self.global_step)
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, str(next(self.run_dir.glob("events.out.tfevents.*")))) from None
         if self.wandb_run is not None:
             self.wandb_run.log({name: value, "global_step": self.global_step})
 
@@ -773,8 +779,9 @@ class Run:
         try:
             write_atomically(self.run_dir / "summary.json", lambda file: file.write(json.dumps(summary, indent=2)), "w")
         except OSError as error:  # a full disk: the run's checkpoints are whole, but its summary is missing
+            if self.status != "failed":  # else said already
+                print(f"error: cannot write {self.run_dir / 'summary.json'}: {error.strerror}", file=sys.stderr)
             summary["status"] = "failed"
-            print(f"error: cannot write {self.run_dir / 'summary.json'}: {error.strerror}", file=sys.stderr)
         with contextlib.suppress(OSError):
             self.metrics.close()
             self.tensorboard.close()

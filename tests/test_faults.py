@@ -6,6 +6,7 @@ import copy
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -326,3 +327,21 @@ def test_the_tools_try_their_output_folders_before_any_work(tmp_path):
                                timeout=120)
         assert tuner.returncode == 1 and tuner.stderr == f"error: {what} '{blocked}' {why}"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]  # no study, no runs
+
+
+def test_a_disk_full_under_tensorboards_writer_thread_is_one_line_naming_its_events_file(tmp_path):
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("this machine does not let root mount a tmpfs")
+    try:  # no checkpoints: metrics.csv and the events file fill the disk
+        result = run_script([sys.executable, "dqn.py", "--total-timesteps", "30000", "--learning-starts", "1000",
+                             "--eval-frequency", "2000", "--eval-episodes", "2", "--no-save-model", "--runs-dir",
+                             str(disk)])
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1 and len(errors) == 1 and "No space left on device" in errors[0], result.stderr
+        assert re.match(rf"error: cannot write {disk}/[^/]+/(metrics.csv|events.out.tfevents.\S+):", errors[0])
+    finally:
+        subprocess.run(["umount", str(disk)])

@@ -54,7 +54,7 @@ def test_each_script_keeps_its_line_budget(script):
     budget = BUDGETS[script]
     assert len(algorithm) <= budget, f"{script}: {len(algorithm)} lines above the harness, budget {budget}"
     # 450 until the fault handling of issue 36 (writes tried, full disks, untrusted checkpoints, the run's lock) came
-    assert len(harness) <= 575, f"the harness has {len(harness)} lines, budget 575"
+    assert len(harness) <= 580, f"the harness has {len(harness)} lines, budget 580"
     assert max(len(line.rstrip("\n")) for line in algorithm + harness) <= 120
 
 
