@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import STUB_SCRIPT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -462,3 +463,22 @@ def test_sps_atari_times_an_external_cleanrl_script_set_up_like_dqn_atari(tmp_pa
                     "--exploration-fraction": str(1 / 3400), "--buffer-size": "100000"}
     assert call["argv"][-3:] == ["--no-cuda", "--seed", "1"] and call["omp"] == "1"
     assert 0.25 < cpu < 0.6 and wall >= 0.25
+
+
+def test_an_exported_model_holds_only_the_q_network_and_evaluates_as_its_checkpoint(tmp_path):
+    import dqn
+    from conftest import train
+
+    run_dir = Path(train(dqn, total_timesteps=2000, learning_starts=500, eval_frequency=1000, eval_episodes=2,
+                         save_replay=True, runs_dir=str(tmp_path / "runs"))["run_dir"])
+    model = tmp_path / "models" / "dqn_CartPole-v1.pt"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "export_model.py"), str(run_dir),
+                             str(model)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and f"--eval-checkpoint {model}" in result.stdout, result.stderr
+    saved = torch.load(model, weights_only=True)
+    assert sorted(saved["state"]) == ["q_network"] and "rng" not in saved and "optimizer" not in str(saved.keys())
+    assert saved["run_args"]["runs_dir"] == "runs" and not saved["run_args"]["save_replay"]
+    assert model.stat().st_size < (run_dir / "checkpoint.pt").stat().st_size / 2
+    evaluations = [dqn.main(*dqn.parse_command_line(["--eval-checkpoint", str(path), "--eval-episodes", "3"]))
+                   for path in (run_dir / "checkpoint.pt", model)]
+    assert evaluations[0]["eval_returns"] == evaluations[1]["eval_returns"] and evaluations[1]["global_step"] == 2000
