@@ -515,6 +515,14 @@ def double_q_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q_on
     return td_target(rewards, terminations, next_q_target.gather(1, next_actions).squeeze(1), gamma)  # [B]
 
 
+def weighted_td_loss(q_values: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, loss: str,
+                     huber_delta: float) -> torch.Tensor:
+    """mean_i w_i * L(y_i - Q(s_i, a_i)), L the squared error or the Huber loss (squared up to `huber_delta`, linear
+    beyond); the importance weights w [B] undo prioritized replay's bias (Schaul et al. 2016; all 1 for uniform)."""
+    losses = F.mse_loss(q_values, targets, reduction="none") if loss == "mse" else \
+        F.huber_loss(q_values, targets, reduction="none", delta=huber_delta)  # [B]
+    return (weights * losses).mean()
+
 
 @torch.no_grad()
 def update_target(target_network: nn.Module, q_network: nn.Module, tau: float) -> None:
@@ -540,7 +548,6 @@ def train(args: Args, run: "Run") -> None:
     target_network = QNetwork(obs_space.shape, n_actions, args.hidden_sizes, args.dueling).to(run.device)
     target_network.load_state_dict(q_network.state_dict())
     optimizer = make_optimizer(q_network.parameters(), args)
-    td_loss = F.mse_loss if args.loss == "mse" else partial(F.huber_loss, delta=args.huber_delta)
     run.check_memory(FrameReplayBuffer.bytes_needed(args.buffer_size, obs_space, args.prioritized), "--buffer-size")
     # prioritized replay: a sum-tree of priorities, one leaf per replay slot
     priorities = PrioritizedSampler(args.num_envs * math.ceil(args.buffer_size / args.num_envs), args.alpha,
@@ -585,8 +592,7 @@ def train(args: Args, run: "Run") -> None:
                         targets = td_target(batch.returns, batch.terminations, next_q_target.amax(dim=1),
                                             batch.discounts)  # [B]
                 q_values = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)  # [B]: Q(s, a)
-                losses = td_loss(q_values, targets, reduction="none")
-                loss = (batch.weights * losses).mean()  # importance weights undo prioritized sampling's bias
+                loss = weighted_td_loss(q_values, targets, batch.weights, args.loss, args.huber_delta)
                 optimizer.zero_grad()
                 loss.backward()
                 if args.max_grad_norm is not None:
