@@ -140,6 +140,16 @@ def is_atari(env_id: str) -> bool:
     return env_id in gym.registry and str(gym.registry[env_id].entry_point).startswith("ale_py")
 
 
+def float32_observations(env: gym.Env) -> gym.Env:
+    """`env` with its Box observations cast to float32, at this one boundary: the replay stores float32 and the
+    network takes it, whatever dtype the env has (float64 and integer ones included); a float32 env as it is."""
+    space = env.observation_space
+    if not isinstance(space, gym.spaces.Box) or space.dtype == np.float32:
+        return env
+    box = gym.spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32)
+    return gym.wrappers.TransformObservation(env, lambda obs: np.asarray(obs, dtype=np.float32), box)
+
+
 def make_env(env_id: str, terminal_on_life_loss: bool, noop_max: int = 30, video_dir: Optional[str] = None,
              video_prefix: str = "eval") -> Callable[[], gym.Env]:
     """A thunk building one env that reports each episode's return and length in `info["episode"]`. An Atari game
@@ -156,7 +166,7 @@ def make_env(env_id: str, terminal_on_life_loss: bool, noop_max: int = 30, video
             env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: episode == 0,
                                            name_prefix=video_prefix, disable_logger=True)
         if not is_atari(env_id):
-            return gym.wrappers.RecordEpisodeStatistics(env)
+            return float32_observations(gym.wrappers.RecordEpisodeStatistics(env))
         from stable_baselines3.common.atari_wrappers import AtariWrapper
 
         env = AtariWrapper(env, noop_max=noop_max, frame_skip=4, screen_size=FRAME_SHAPE[0],

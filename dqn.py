@@ -100,6 +100,16 @@ def check_args(args: Args, run_args) -> list[str]:
     return problems
 
 
+def float32_observations(env: gym.Env) -> gym.Env:
+    """`env` with its Box observations cast to float32, at this one boundary: the replay stores float32 and the
+    network takes it, whatever dtype the env has (float64 and integer ones included); a float32 env as it is."""
+    space = env.observation_space
+    if not isinstance(space, gym.spaces.Box) or space.dtype == np.float32:
+        return env
+    box = gym.spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32)
+    return gym.wrappers.TransformObservation(env, lambda obs: np.asarray(obs, dtype=np.float32), box)
+
+
 def make_env(env_id: str, video_dir: Optional[str] = None, video_prefix: str = "eval") -> Callable[[], gym.Env]:
     """A thunk building one env that reports each episode's return and length in `info["episode"]`."""
 
@@ -109,7 +119,7 @@ def make_env(env_id: str, video_dir: Optional[str] = None, video_prefix: str = "
         if video_dir:
             env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: episode == 0,
                                            name_prefix=video_prefix, disable_logger=True)
-        return gym.wrappers.RecordEpisodeStatistics(env)
+        return float32_observations(gym.wrappers.RecordEpisodeStatistics(env))
 
     return thunk
 

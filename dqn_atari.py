@@ -92,7 +92,8 @@ RUN_DEFAULTS = dict(eval_frequency=250_000, eval_episodes=10, eval_epsilon=0.05)
 def check_args(args: Args, run_args) -> list[str]:
     """What is wrong with the game and the Atari settings (the harness checks the settings every script has)."""
     problems = [f"--noop-max must be >= 0 (got {args.noop_max})"] if args.noop_max < 0 else []
-    problems += ["--replay-on-gpu needs --cuda"] if args.replay_on_gpu and not run_args.cuda else []
+    training = run_args.eval_checkpoint is None  # an evaluation builds no replay: --replay-on-gpu does not matter
+    problems += ["--replay-on-gpu needs --cuda"] if args.replay_on_gpu and not run_args.cuda and training else []
     if args.buffer_size < args.num_envs * (FRAME_STACK + 2):
         problems.append(f"--buffer-size {args.buffer_size} is too small for {args.num_envs} envs: each env's part of "
                         f"the replay needs at least {FRAME_STACK + 2} frames")
@@ -313,7 +314,7 @@ def train(args: Args, run: "Run") -> None:
     target_network = QNetwork(int(envs.single_action_space.n), args.hidden_sizes).to(run.device)
     target_network.load_state_dict(q_network.state_dict())
     optimizer = make_optimizer(q_network.parameters(), args)
-    storage_device = run.device if args.replay_on_gpu else torch.device("cpu")
+    storage_device = run.device if args.replay_on_gpu and not run.evaluating else torch.device("cpu")
     run.check_memory(FrameReplayBuffer.bytes_needed(args.buffer_size), "--buffer-size", storage_device)
     replay_buffer = FrameReplayBuffer(args.buffer_size, args.num_envs, run.device, storage_device)
     obs = run.start(envs, policy=partial(epsilon_greedy, q_network),

@@ -69,13 +69,15 @@ class ObservationSpaceEnv(gym.Env):
 gym.register("StepCounter-v0", entry_point=StepCounterEnv, max_episode_steps=8)
 gym.register("ImageObs-v0", entry_point=ObservationSpaceEnv, max_episode_steps=8,
              kwargs={"observation_space": gym.spaces.Box(0, 255, shape=(84, 84, 3), dtype=np.uint8)})
+gym.register("Float64Obs-v0", entry_point=ObservationSpaceEnv, max_episode_steps=8,  # as many custom envs have
+             kwargs={"observation_space": gym.spaces.Box(-1, 1, shape=(3,), dtype=np.float64)})
 gym.register("DictObs-v0", entry_point=ObservationSpaceEnv, max_episode_steps=8,
              kwargs={"observation_space": gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, shape=(2,))})})
 
 
 def service_missing(reason: str) -> None:
     """A test's service (Slurm, PostgreSQL) is not here: skip with `reason`, which says how to get it, or fail where
-    DQN_TESTS_REQUIRE_SERVICES=1 (.ci/run sets it, so that a green CI never hides a skipped cluster or database test)."""
+    DQN_TESTS_REQUIRE_SERVICES=1 (.ci/run sets it: a green CI never hides a skipped cluster or database test)."""
     import pytest
     if os.environ.get("DQN_TESTS_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{reason} (DQN_TESTS_REQUIRE_SERVICES=1: the services must be up)")

@@ -1,7 +1,9 @@
 """Behaviours that a reviewer's planted one-line bugs showed no test pinned down (issue 41), each tested so that the
 broken line fails: importance weights and loss settings reaching the loss, stratified sampling uniform within each
 stratum, the Atari pipeline of double_dueling_per_dqn.py equal to dqn_atari.py's, and, with several envs, training,
-target syncs and evaluations at every multiple of their frequency that a step crosses."""
+target syncs and evaluations at every multiple of their frequency that a step crosses. Also two defects a simulated
+GPU found (issue 40): observations of any Box dtype reach the network as float32, and a --replay-on-gpu run is
+evaluated anywhere."""
 
 import importlib
 from pathlib import Path
@@ -156,3 +158,37 @@ def test_with_three_envs_the_loop_trains_syncs_and_evaluates_at_every_multiple_i
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["updates"] == 23
     assert len(syncs) == 18
     assert [step for step, name, _ in read_metrics(run_dir) if name == "eval/episodic_return"] == [51, 102, 120]
+
+
+# ------------------------------------------------------------- observations of any Box dtype (issue 40, defect 1)
+
+@pytest.mark.parametrize("script", ["dqn", "dqn_lunar", "double_dueling_per_dqn"])
+def test_an_env_with_float64_observations_trains_and_its_observations_reach_the_network_as_float32(script, tmp_path,
+                                                                                                    monkeypatch):
+    module = importlib.import_module(script)
+    seen = set()
+    forward = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: seen.add(x.dtype) or forward(self, x))
+    summary = module.main(*settings(module, env_id="Float64Obs-v0", total_timesteps=300, learning_starts=100,
+                                    batch_size=8, buffer_size=300, hidden_sizes=(8,), eval_frequency=300,
+                                    eval_episodes=1, eval_epsilon=0.0, runs_dir=str(tmp_path)))
+    assert summary["status"] == "finished" and seen == {torch.float32}
+    obs = module.make_env("Float64Obs-v0", **({"terminal_on_life_loss": False} if script == "double_dueling_per_dqn"
+                                               else {}))().reset(seed=0)[0]
+    assert obs.dtype == np.float32
+
+
+def test_a_replay_on_gpu_run_is_evaluated_on_the_cpu_without_its_replay(tmp_path):
+    """--eval-checkpoint of a --replay-on-gpu run on a machine without a GPU (issue 40, defect 2): the evaluation
+    needs no replay, so the setting it inherits does not matter."""
+    summary = dqn_atari.main(*settings(dqn_atari, total_timesteps=300, learning_starts=200, batch_size=8,
+                                       buffer_size=500, hidden_sizes=(16,), eval_frequency=300, eval_episodes=1,
+                                       runs_dir=str(tmp_path)))
+    path = Path(summary["run_dir"]) / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["args"] |= {"replay_on_gpu": True, "buffer_size": 1_000_000}
+    checkpoint["run_args"]["cuda"] = True
+    torch.save(checkpoint, path)
+    evaluated = dqn_atari.main(*dqn_atari.parse_command_line(["--eval-checkpoint", str(path), "--no-cuda",
+                                                              "--eval-episodes", "1"]))
+    assert evaluated["status"] == "evaluated" and evaluated["eval_returns"] == summary["eval_returns"]

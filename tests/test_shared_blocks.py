@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # the functions each script shares with dqn.py, word for word (dqn_lunar.py shares all but its defaults: its own test)
 SHARED_WITH_DQN = {
     "dqn_atari.py": ["linear_schedule", "epsilon_greedy", "final_observations", "td_target", "update_target"],
-    "double_dueling_per_dqn.py": ["linear_schedule", "epsilon_greedy", "final_observations", "update_target"],
+    "double_dueling_per_dqn.py": ["linear_schedule", "epsilon_greedy", "final_observations", "update_target",
+                                  "float32_observations"],
+    "dqn_lunar.py": ["float32_observations", "make_env", "QNetwork", "ReplayBuffer"],
 }
 
 
