@@ -8,7 +8,6 @@ tests are skipped, except under DQN_TESTS_REQUIRE_SERVICES=1 (.ci/run sets it), 
 
 import csv
 import json
-import os
 import re
 import shutil
 import subprocess
