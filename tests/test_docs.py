@@ -9,9 +9,8 @@ import pytest
 
 from conftest import ROOT, SCRIPTS
 
-PAGES = [*(f"docs/{Path(script).stem}.md" for script in SCRIPTS), "docs/dqn_lunar_history.md",
-         "docs/double_dueling_per_dqn_history.md", "docs/runs.md",
-         "docs/benchmarks.md", "docs/tuning.md"]
+PAGES = [*(f"docs/{Path(script).stem}.md" for script in SCRIPTS), "docs/runs.md", "docs/benchmarks.md",
+         "docs/tuning.md"]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
