@@ -316,6 +316,8 @@ def train(args: Args, run: "Run") -> None:
     optimizer = make_optimizer(q_network.parameters(), args)
     storage_device = run.device if args.replay_on_gpu and not run.evaluating else torch.device("cpu")
     run.check_memory(FrameReplayBuffer.bytes_needed(args.buffer_size), "--buffer-size", storage_device)
+    if storage_device.type != "cpu" and run.run_args.save_replay:  # --save-replay copies the frames to host memory
+        run.check_memory(FrameReplayBuffer.bytes_needed(args.buffer_size), "--buffer-size or leave out --save-replay")
     replay_buffer = FrameReplayBuffer(args.buffer_size, args.num_envs, run.device, storage_device)
     obs = run.start(envs, policy=partial(epsilon_greedy, q_network),
                     eval_env=partial(make_env, args.env_id, False, args.noop_max),  # whole games: no end at a lost life
