@@ -181,10 +181,130 @@ def test_sum_tree_invariants_hold_under_random_updates(capacity, updates, querie
     assert np.all((leaves[found] > 0) | (prefix_sums > tree.total - slack))
 
 
+class CountingNodes:
+    """Stands in for a sum-tree's node array and counts the NumPy calls on it and the nodes they read or write: an
+    index reads or writes the nodes it selects (np.take those it takes); any other use of the array's contents (a
+    ufunc, np.cumsum, a method such as .sum(), np.asarray or .view that hand out the whole array) counts as reading
+    every node, as the test cannot see what is done with it."""
+
+    def __init__(self, nodes: np.ndarray):
+        self.array, self.calls, self.touched = nodes, 0, 0
+
+    def count(self, touched: int) -> None:
+        self.calls, self.touched = self.calls + 1, self.touched + touched
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, key):
+        value = self.array[key]
+        self.count(np.size(value))
+        return value
+
+    def __setitem__(self, key, value):
+        self.count(np.size(self.array[key]))
+        self.array[key] = value
+
+    def __getattr__(self, name):  # only attributes CountingNodes lacks: the array's
+        if name not in ("shape", "dtype", "size", "ndim"):
+            self.count(self.array.size)
+        return getattr(self.array, name)
+
+    def __array__(self, dtype=None, copy=None):
+        self.count(self.array.size)
+        return np.array(self.array, dtype=dtype, copy=bool(copy))
+
+    def plain(self, args):
+        return tuple(self.array if arg is self else arg for arg in args)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        self.count(self.array.size)
+        if "out" in kwargs:
+            kwargs["out"] = self.plain(kwargs["out"])
+        return getattr(ufunc, method)(*self.plain(inputs), **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        result = func(*self.plain(args), **kwargs)
+        self.count(np.size(result) if func is np.take else self.array.size)
+        return result
+
+
+def sum_tree_costs(tree_class, capacity: int, batch_size: int) -> dict:
+    """(NumPy calls on the node array, nodes they read or write) of one `update` of `batch_size` distinct leaves and
+    of one `find` of `batch_size` prefix sums, on a tree of `capacity` leaves; the tree checked against a plain
+    ddp.SumTree given the same batch (the counting changes nothing the tree does)."""
+    rng = np.random.default_rng(capacity + batch_size)
+    indices, priorities = rng.choice(capacity, batch_size, replace=False), rng.uniform(0.1, 2.0, batch_size)
+    reference, tree = ddp.SumTree(capacity), tree_class(capacity)
+    reference.update(indices, priorities)
+    counted = tree.nodes = CountingNodes(tree.nodes)
+    tree.update(indices, priorities)
+    update = (counted.calls, counted.touched)
+    counted.calls = counted.touched = 0
+    prefix_sums = rng.random(batch_size) * reference.total
+    found = tree.find(prefix_sums)
+    find = (counted.calls, counted.touched)
+    assert tree.nodes is counted and np.array_equal(counted.array, reference.nodes)
+    assert np.array_equal(found, reference.find(prefix_sums)) and np.all(np.isin(found, indices))
+    return {"update": update, "find": find}
+
+
+def all_sum_tree_costs(tree_class) -> tuple[dict, dict, dict]:
+    """The costs of a batch of 64 at 2^10 leaves (10 levels) and at 2^20 leaves (20 levels), and of 1 at 2^20."""
+    return (sum_tree_costs(tree_class, 2**10, 64), sum_tree_costs(tree_class, 2**20, 64),
+            sum_tree_costs(tree_class, 2**20, 1))
+
+
+def assert_cost_o_log_n(small: dict, large: dict, one_leaf: dict) -> None:
+    """A batch walks one root-to-leaf path per leaf, level by level: a fixed number of NumPy calls per level (not per
+    leaf: the same for a batch of 1 and of 64) and a fixed number of node reads and writes per level and leaf. From
+    2^10 to 2^20 leaves both double with the depth, 10 -> 20 levels; neither grows with the 1024 times as many leaves
+    (the implementation: find 1 read per level and leaf, update 2 reads and 1 write, plus the leaf's write)."""
+    for method in ("update", "find"):
+        (small_calls, small_touched), (large_calls, large_touched) = small[method], large[method]
+        assert 0 < large_calls <= 4 * 21 and 0 < large_touched <= 4 * 21 * 64, (method, large)
+        assert 1.5 <= large_calls / small_calls <= 2.5, (method, small, large)
+        assert 1.5 <= large_touched / small_touched <= 2.5, (method, small, large)
+        assert one_leaf[method][0] == large_calls, (method, one_leaf, large)
+
+
 def test_sum_tree_update_and_find_cost_o_log_n_numpy_calls():
-    # a batch walks one path per level: 2^20 leaves -> 20 levels, whatever the batch size
-    tree = ddp.SumTree(1_000_000)
+    tree = ddp.SumTree(1_000_000)  # 2^20 leaves -> 20 levels
     assert tree.depth == 20 and tree.leaves == 2**20 and len(tree.nodes) == 2**21
+    assert_cost_o_log_n(*all_sum_tree_costs(ddp.SumTree))
+
+
+class RecomputesEveryInnerNode(ddp.SumTree):
+    def update(self, indices, priorities):  # O(log N) NumPy calls, but O(N) node reads and writes
+        self.nodes[np.asarray(indices) + self.leaves] = priorities
+        for level in reversed(range(self.depth)):
+            children = self.nodes[2 << level: 4 << level]
+            self.nodes[1 << level: 2 << level] = children[0::2] + children[1::2]
+
+
+class FindsByCumulativeSum(ddp.SumTree):
+    def find(self, prefix_sums):  # reads every leaf
+        return np.searchsorted(np.cumsum(self.nodes[self.leaves:]), prefix_sums, side="right")
+
+
+class WalksOneLeafAtATime(ddp.SumTree):
+    def update(self, indices, priorities):  # one path per leaf, but NumPy calls that grow with the batch
+        for index, priority in zip(indices, priorities):
+            super().update(np.array([index]), np.array([priority]))
+
+
+class ChecksEveryNodeIsFinite(ddp.SumTree):
+    def update(self, indices, priorities):  # one path per leaf, then a scan of the whole tree
+        super().update(indices, priorities)
+        assert np.isfinite(self.nodes).all()
+
+
+@pytest.mark.parametrize("tree_class", [RecomputesEveryInnerNode, FindsByCumulativeSum, WalksOneLeafAtATime,
+                                        ChecksEveryNodeIsFinite])
+def test_the_sum_tree_cost_test_fails_on_a_tree_that_does_more_work(tree_class):
+    costs = all_sum_tree_costs(tree_class)  # a correct tree (sum_tree_costs checks it), only a slower one
+    with pytest.raises(AssertionError):
+        assert_cost_o_log_n(*costs)
 
 
 # ---------------------------------------------------------------------------------------------- prioritized sampling
