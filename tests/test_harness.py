@@ -341,37 +341,84 @@ def test_due_counts_the_multiples_that_one_iteration_crosses(step, n, every, exp
     assert dqn.Run.due(types.SimpleNamespace(global_step=step, num_envs=n), every) == expected
 
 
-def test_greedy_actions_in_numpy_follow_the_network_through_training_loading_and_moves():
+class WrappedMLP(torch.nn.Module):
+    """An MLP that is not itself an nn.Sequential."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = dqn.QNetwork(4, 5, (16, 16))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mlp(obs)
+
+
+OTHER_NETWORKS = {  # each of 4 inputs and 5 actions, none an nn.Sequential of Linear, ReLU, ..., Linear
+    "tanh": lambda: torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5)),
+    "conv": lambda: torch.nn.Sequential(torch.nn.Unflatten(1, (1, 2, 2)), torch.nn.Conv2d(1, 8, 2), torch.nn.ReLU(),
+                                        torch.nn.Flatten(), torch.nn.Linear(8, 5)),
+    "ending-in-relu": lambda: torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5),
+                                                  torch.nn.ReLU()),
+    "wrapped-mlp": WrappedMLP,
+}
+
+
+def greedy_actions_through_training_loading_and_moves(make_network) -> int:
+    """Checks that dqn.greedy_actions(network, obs) is network(obs).argmax(1) on random obs for a new network, after
+    training steps (a fused Adam updates the parameters in place), after load_state_dict, and after the parameters
+    moved to other storage (to float64 and back) and then changed in place; each change changes the greedy actions,
+    so that stale parameters would show. Returns how many of its calls ran the network's torch forward."""
     torch.manual_seed(0)
-    network = dqn.QNetwork(4, 5, (16, 16))
-    obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    network, obs = make_network(), np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    forwards = []
+    network.register_forward_pre_hook(lambda module, args: forwards.append(module))
 
-    def torch_argmax():
+    def greedy_actions(after: str):
+        actions = dqn.greedy_actions(network, obs)
         with torch.no_grad():
-            return network(torch.from_numpy(obs)).argmax(dim=1).numpy()
+            expected = network(torch.as_tensor(obs)).argmax(dim=1).numpy()
+        forwards.pop()  # the forward just above
+        assert actions.shape == (64,) and np.array_equal(actions, expected), after
+        return actions
 
-    assert np.array_equal(dqn.greedy_actions(network, obs), torch_argmax())
-    assert network.__dict__["numpy_views"][2] is not None  # the NumPy path was taken
-    before = torch_argmax()
+    new = greedy_actions("nothing")
     optimizer = torch.optim.Adam(network.parameters(), lr=0.5, fused=True)
-    for _ in range(3):  # large steps: the greedy actions must change, and the NumPy path must follow
+    for _ in range(3):  # large steps: the greedy actions must change
         optimizer.zero_grad()
-        (network(torch.from_numpy(obs))[:, 0] ** 2).mean().backward()
+        (network(torch.as_tensor(obs))[:, 0] ** 2).mean().backward()
+        forwards.pop()
         optimizer.step()
-    assert not np.array_equal(before, torch_argmax())
-    assert np.array_equal(dqn.greedy_actions(network, obs), torch_argmax())
-    network.load_state_dict(dqn.QNetwork(4, 5, (16, 16)).state_dict())
-    assert np.array_equal(dqn.greedy_actions(network, obs), torch_argmax())
-    network.double().float()  # replaces the parameters' storage: the NumPy views must follow
+    trained = greedy_actions("training")
+    network.load_state_dict(make_network().state_dict())
+    loaded = greedy_actions("load_state_dict")
+    network.to(torch.float64).to(torch.float32)  # every parameter to new storage
     with torch.no_grad():
-        network[0].weight.mul_(-1.0)
-    assert np.array_equal(dqn.greedy_actions(network, obs), torch_argmax())
+        next(network.parameters()).mul_(-1.0)
+    moved = greedy_actions("a move")
+    assert not np.array_equal(new, trained) and not np.array_equal(trained, loaded)
+    assert not np.array_equal(loaded, moved)
+    return len(forwards)
 
 
-def test_greedy_actions_of_any_other_network_run_in_torch():
-    network = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
-    obs = np.random.default_rng(1).normal(size=(16, 3)).astype(np.float32)
+def test_greedy_actions_in_numpy_follow_the_network_through_training_loading_and_moves():
+    # an MLP (on the CPU) runs in NumPy: not one call of the network's forward
+    assert greedy_actions_through_training_loading_and_moves(lambda: dqn.QNetwork(4, 5, (16, 16))) == 0
+
+
+@pytest.mark.parametrize("name", OTHER_NETWORKS)
+def test_greedy_actions_of_any_other_network_run_in_torch(name):
+    # every call runs the network's own forward, all 4 of them
+    assert greedy_actions_through_training_loading_and_moves(OTHER_NETWORKS[name]) == 4
+
+
+@pytest.mark.xfail(strict=True, reason="greedy_actions' NumPy views are renewed only when the first weight's storage "
+                                       "moves: a Parameter assigned anew leaves them stale (no script does this)")
+@pytest.mark.parametrize("layer", [0, 2, 4])
+def test_greedy_actions_follow_a_parameter_assigned_anew(layer):
+    torch.manual_seed(0)
+    network, obs = dqn.QNetwork(4, 5, (16, 16)), np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    before = dqn.greedy_actions(network, obs)
+    network[layer].weight = torch.nn.Parameter(-network[layer].weight.detach())
     with torch.no_grad():
-        expected = network(torch.from_numpy(obs)).argmax(dim=1).numpy()
+        expected = network(torch.as_tensor(obs)).argmax(dim=1).numpy()
+    assert not np.array_equal(before, expected)
     assert np.array_equal(dqn.greedy_actions(network, obs), expected)
-    assert network.__dict__["numpy_views"] == (None, None, None)  # decided once: torch
