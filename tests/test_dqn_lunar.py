@@ -4,12 +4,15 @@ evaluation, and refusal of dqn.py checkpoints."""
 
 import difflib
 import json
+import math
 import re
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import dqn
 import dqn_lunar
@@ -26,6 +29,27 @@ def fast(tmp_path: Path, **overrides) -> dict:
 def trained_run(tmp_path_factory) -> dict:
     """One short training run on the real LunarLander-v3, shared by the tests that read its files."""
     return fast(tmp_path_factory.mktemp("lunar"), seed=3)
+
+
+def greedy_returns(checkpoint: Path, episodes: int, seed: int) -> list[float]:
+    """The undiscounted returns of `episodes` greedy episodes of a checkpoint's network on a plain LunarLander-v3, the
+    first reset with `seed` and the others unseeded, as evaluate() plays them: computed here without the script."""
+    saved = torch.load(checkpoint, weights_only=True)
+    network = dqn_lunar.QNetwork(8, 4, tuple(saved["args"]["hidden_sizes"]))
+    network.load_state_dict(saved["state"]["q_network"])
+    env, returns = gym.make("LunarLander-v3"), []
+    obs, _ = env.reset(seed=seed)
+    while len(returns) < episodes:
+        total, done = 0.0, False
+        while not done:
+            with torch.no_grad():
+                action = int(network(torch.as_tensor(obs, dtype=torch.float32)[None]).argmax(dim=1)[0])
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+        obs, _ = env.reset()
+    env.close()
+    return returns
 
 
 def test_the_landing_rate_is_the_fraction_of_returns_at_or_above_200():
@@ -66,10 +90,24 @@ def test_smoke_run_logs_the_landing_rate_with_every_evaluation(trained_run):
     assert all(np.isfinite(value) for _, _, value in rows)
     eval_steps = [step for step, name, _ in rows if name == "eval/episodic_return"]
     rates = [(step, value) for step, name, value in rows if name == "eval/success_rate"]
-    assert [step for step, _ in rates] == eval_steps == [1500, 3000] and all(0 <= value <= 1 for _, value in rates)
+    assert [step for step, _ in rates] == eval_steps == [1500, 3000]
+    # each rate counts the 3 episodes at or above 200: k / 3. No one of n returns of mean m and std s (np.std) lies
+    # beyond m +- s * sqrt(n - 1): where the logged m + s * sqrt(2) < 200 none landed, where m - s * sqrt(2) >= 200 all
+    logged = {(step, name): value for step, name, value in rows}
+    for step, rate in rates:
+        landings, mean = round(rate * 3), logged[step, "eval/episodic_return"]
+        spread = logged[step, "eval/episodic_return_std"] * math.sqrt(2)
+        assert rate == pytest.approx(landings / 3, abs=1e-6), (step, rate)
+        assert landings == 0 or mean + spread >= 199.99, (step, rate)  # 0.01: the logged values are rounded
+        assert landings == 3 or mean - spread < 200.01, (step, rate)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 3000 and len(summary["eval_returns"]) == 3
-    assert all(-1000 < value < 400 for value in summary["eval_returns"])  # LunarLander returns, not CartPole's
+    assert logged[3000, "eval/episodic_return"] == pytest.approx(np.mean(summary["eval_returns"]), rel=1e-5)
+    assert logged[3000, "eval/episodic_return_std"] == pytest.approx(np.std(summary["eval_returns"]), rel=1e-5)
+    # the returns are those of LunarLander-v3 episodes, not CartPole's nor anything else in (-1000, 400): the sums of
+    # the rewards of 3 greedy episodes of the final network, the evaluation seeded with seed + 100_000 + global_step
+    assert summary["eval_returns"] == pytest.approx(greedy_returns(run_dir / "checkpoint.pt", 3, 3 + 100_000 + 3000),
+                                                    rel=1e-9)
     assert summary["eval_success_rate"] == dqn_lunar.landing_rate(summary["eval_returns"])["success_rate"] \
         == rates[-1][1]
 
