@@ -27,7 +27,7 @@ import tyro
 from optuna.trial import TrialState
 
 import tune  # noqa: E402  (benchmarks/ is on sys.path, by conftest)
-from conftest import ROOT, STUB_SCRIPT, service_missing  # noqa: E402
+from conftest import ROOT, SCRIPTS, STUB_SCRIPT, service_missing  # noqa: E402
 from script_runs import MetricsFollower, ScriptError  # noqa: E402
 
 TUNER = ROOT / "benchmarks" / "tune.py"
@@ -249,10 +249,13 @@ def test_search_space_overrides_fixed_flags_and_scripts_without_widths(tmp_path)
         tune.build_space(tune.load_tuned_script(str(fake)), ("hidden-sizes=choice:64 64",), [])
 
 
+def test_the_search_spaces_are_those_of_the_repository_s_scripts():
+    # each tuned script is there (a missing one fails the test below, not skips it), and each script has its own space
+    assert sorted(tune.SEARCH_SPACES) == sorted(SCRIPTS) and all((ROOT / name).is_file() for name in SCRIPTS)
+
+
 @pytest.mark.parametrize("name", list(tune.SEARCH_SPACES))
 def test_each_script_loads_with_a_search_space_around_its_own_defaults(name):
-    if not (ROOT / name).exists():
-        pytest.skip(f"{name} is not written yet")
     script = tune.load_tuned_script(name)
     space, notes = tune.build_space(script, (), [])
     assert not notes, notes  # every flag of the script's space exists in the script
