@@ -72,11 +72,12 @@ def test_every_flag_the_docs_give_a_script_exists(script):
     module = importlib.import_module(script.removesuffix(".py"))
     known = {name.replace("_", "-") for kind in (module.Args, module.RunArgs) for name in kind.__dataclass_fields__}
     known |= {"no-" + name for name in known} | {"help"}
-    flags = set()
-    for page in ["README.md", *PAGES]:
+    flags = {page: set() for page in ["README.md", *PAGES]}
+    for page in flags:
         for line in (ROOT / page).read_text().splitlines():
             if f"python {script} " in line:  # a command line of this script (before a shell comment)
                 command = line.split(f"python {script} ", 1)[1].split("#")[0]
-                flags |= set(re.findall(r"(?<![\w-])--([a-z][a-z0-9-]*)", command.split(" -- ")[0]))
-    assert flags, f"no command line of {script} in the docs"
-    assert flags <= known, f"{script} has no flag {sorted(flags - known)}"
+                flags[page] |= set(re.findall(r"(?<![\w-])--([a-z][a-z0-9-]*)", command.split(" -- ")[0]))
+    assert flags["README.md"], f"no command line of {script} with a flag in the README"
+    unknown = set().union(*flags.values()) - known
+    assert not unknown, f"{script} has no flag {sorted(unknown)}: {[page for page in flags if flags[page] & unknown]}"

@@ -3,7 +3,6 @@ run files, determinism, evaluation of a checkpoint, resume, copying the file alo
 CartPole."""
 
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -300,17 +299,6 @@ def test_wandb_offline_produces_a_local_run(tmp_path):
     assert result.returncode == 0, result.stderr
     offline_runs = list((tmp_path / "runs").glob("*/wandb/offline-run-*"))
     assert len(offline_runs) == 1 and any(offline_runs[0].glob("*.wandb"))
-
-
-def test_every_flag_the_readme_mentions_for_dqn_exists():
-    readme = (ROOT / "README.md").read_text()
-    flags = set()
-    for line in readme.splitlines():
-        if "python dqn.py" in line:
-            flags |= set(re.findall(r"--([a-z][a-z0-9-]*)", line.split("#")[0]))
-    known = {name.replace("_", "-") for kind in (dqn.Args, dqn.RunArgs) for name in kind.__dataclass_fields__}
-    known |= {"no-" + name for name in known} | {"help"}
-    assert flags and flags <= known, flags - known
 
 
 # ------------------------------------------------------------------------------------------------------------- learning

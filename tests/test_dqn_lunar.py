@@ -139,13 +139,3 @@ def test_a_dqn_py_cartpole_checkpoint_is_refused_with_a_clear_message(tmp_path):
     assert result.stderr.strip().startswith("error: ") and result.stderr.count("\n") == 1
     assert [path.name.split("__")[0] for path in (tmp_path / "runs").iterdir()] == ["CartPole-v1"]  # nothing else
 
-
-def test_every_flag_the_readme_mentions_for_dqn_lunar_exists():
-    readme = (ROOT / "README.md").read_text()
-    flags = set()
-    for line in readme.splitlines():
-        if "python dqn_lunar.py" in line:
-            flags |= set(re.findall(r"--([a-z][a-z0-9-]*)", line.split("#")[0]))
-    known = {name.replace("_", "-") for kind in (dqn_lunar.Args, dqn_lunar.RunArgs) for name in kind.__dataclass_fields__}
-    known |= {"no-" + name for name in known} | {"help"}
-    assert flags and flags <= known, flags - known
