@@ -242,29 +242,34 @@ def train(args: Args, run: "Run") -> None:
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     obs_shape, n_actions = envs.single_observation_space.shape, int(envs.single_action_space.n)
     q_network = QNetwork(obs_shape[0], n_actions, args.hidden_sizes).to(run.device)
+    eval_env = partial(make_env, args.env_id)
+    if run.evaluating:  # --eval-checkpoint: load the network and evaluate it; no replay, no training
+        envs.close()
+        return run.evaluate_checkpoint(partial(epsilon_greedy, q_network), eval_env, q_network=q_network)
     target_network = QNetwork(obs_shape[0], n_actions, args.hidden_sizes).to(run.device)
     target_network.load_state_dict(q_network.state_dict())
     optimizer = make_optimizer(q_network.parameters(), args)
     run.check_memory(ReplayBuffer.bytes_needed(args.buffer_size, obs_shape), "--buffer-size")
     replay_buffer = ReplayBuffer(args.buffer_size, obs_shape, run.device)
-    obs = run.start(envs, policy=partial(epsilon_greedy, q_network), eval_env=partial(make_env, args.env_id),
+    obs = run.start(envs, policy=partial(epsilon_greedy, q_network), eval_env=eval_env,
                     replay=replay_buffer, q_network=q_network, target_network=target_network, optimizer=optimizer)
     # random play fills the replay before learning starts; a run resumed without its replay fills it again
     learning_starts = run.learning_starts(args.learning_starts)
     exploration_steps = args.exploration_fraction * args.total_timesteps  # epsilon falls over these first steps
-    for global_step in run.steps(args.total_timesteps, args.num_envs):  # global_step counts this iteration's steps
+    # global_step: env steps so far, summed over the envs, this iteration's included
+    for global_step in range(run.start_step + args.num_envs, args.total_timesteps + args.num_envs, args.num_envs):
         # act epsilon-greedily, epsilon falling linearly from start_e to end_e, and step every env once
         epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
         actions = epsilon_greedy(q_network, obs, epsilon, run.rng)
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        run.log_episodes(infos)
+        run.log_episodes(global_step, infos)
         # store (s, a, r, s', terminated): a truncated episode keeps terminated 0, so its target bootstraps from s'
         replay_buffer.add(obs, final_observations(next_obs, infos), actions, rewards, terminations)
         obs = next_obs
 
         if global_step > learning_starts:
             # every train_frequency steps: a gradient step on the TD error of a minibatch from the replay
-            for _ in range(args.gradient_steps * run.due(args.train_frequency)):
+            for _ in range(args.gradient_steps * due(global_step, args.train_frequency, args.num_envs)):
                 if args.end_learning_rate is not None:  # the learning rate falls linearly over the run, if asked
                     optimizer.param_groups[0]["lr"] = linear_schedule(args.learning_rate, args.end_learning_rate,
                                                                       args.total_timesteps, global_step)
@@ -281,8 +286,14 @@ def train(args: Args, run: "Run") -> None:
                 optimizer.step()
                 run.log_update(loss, q_values, epsilon=epsilon)
             # every target_network_frequency steps: the target network follows the online one
-            if run.due(args.target_network_frequency):
+            if due(global_step, args.target_network_frequency, args.num_envs):
                 update_target(target_network, q_network, args.tau)
+        # every eval_frequency steps and at the last: evaluate and save the checkpoints; the progress line; stops
+        if due(global_step, run.run_args.eval_frequency, args.num_envs) or global_step >= args.total_timesteps:
+            run.evaluate_and_save()
+        run.show_progress(args.total_timesteps)
+        if run.stop_requested():  # Ctrl-C or SIGTERM (the checkpoint is saved first), divergence, --target-return
+            break
     envs.close()
 
 
@@ -292,7 +303,7 @@ import contextlib, csv, dataclasses, importlib.util, json, os, random, shutil, s
 import threading, time  # noqa: E401, E402
 fcntl = importlib.import_module("fcntl") if os.name == "posix" else None  # the run directory's lock (not on Windows)
 from pathlib import Path  # noqa: E402
-from typing import Any, Iterator, Literal, Union, get_args, get_origin  # noqa: E402
+from typing import Any, Literal, Union, get_args, get_origin  # noqa: E402
 
 import tyro  # noqa: E402
 
@@ -388,6 +399,12 @@ def fits(value, annotation) -> bool:
     if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return value is None if annotation is type(None) else type(value) is annotation
+
+
+def due(global_step: int, every: int, num_envs: int) -> int:
+    """How many multiples of `every` the env steps of this iteration, (global_step - num_envs, global_step], crossed:
+    0 or 1, more when num_envs > every (so that several envs train, sync and evaluate as often as one)."""
+    return global_step // every - (global_step - num_envs) // every
 
 
 def greedy_actions(network: nn.Module, obs: np.ndarray) -> np.ndarray:
@@ -522,10 +539,11 @@ class Run:
             seed(run_args.seed)
         torch.backends.cudnn.deterministic = run_args.torch_deterministic
         self.rng = np.random.default_rng(run_args.seed)  # the loop's draws: exploration and replay sampling
-        self.global_step = self.start_step = self.updates = self.num_envs = 0
+        self.global_step = self.start_step = self.updates = 0
         self.best_eval_mean, self.eval_returns, self.status, self.signal = -math.inf, None, "running", None
         self.run_dir, self.metrics, self.wandb_run, self.replay_restored, self.charts = None, None, None, False, {}
         self.recent_returns, self.handlers, self.start_time, self.lock_fd = [], {}, time.perf_counter(), None
+        self.eval_metrics = lambda returns: {}  # more evaluation metrics, {name: value} (dqn_lunar.py: landing rate)
 
     def check_memory(self, nbytes: int, setting: str, device: torch.device = torch.device("cpu")) -> None:
         """Refuse, before it is allocated, a replay that would take more than 80% of the memory free on `device`."""
@@ -538,27 +556,13 @@ class Run:
                               f"GB available{' on the GPU' if device.type == 'cuda' else ''}: lower {setting}")
 
     def start(self, envs: gym.vector.VectorEnv, policy: Callable, eval_env: Callable, replay,
-              eval_metrics: Callable = lambda returns: {}, **state) -> np.ndarray:
-        """Take what to evaluate (`policy(obs, epsilon, rng)` on `eval_env(video_dir, video_prefix)()`, eval_metrics)
-        and to checkpoint (`replay`, `state`); restore them on a resume; make the run dir; return the first obs."""
-        self.policy, self.eval_env, self.eval_metrics, self.replay = policy, eval_env, eval_metrics, replay
+              **state) -> np.ndarray:
+        """Take what to evaluate (`policy(obs, epsilon, rng)` on `eval_env(video_dir, video_prefix)()`) and to
+        checkpoint (`replay`, `state`); restore them on a resume; make the run dir; return the first obs."""
+        self.policy, self.eval_env, self.replay = policy, eval_env, replay
         self.state, checkpoint = state, self.checkpoint
-        for name, thing in state.items() if checkpoint is not None else ():
-            if checkpoint.get("classes", {}).get(name, type(thing).__name__) != type(thing).__name__:  # --optimizer
-                raise ConfigError(f"{str(self.checkpoint_file)!r} holds a {checkpoint['classes'][name]} as {name}")
-            if name not in checkpoint["state"] and self.evaluating:
-                continue  # a network saved for evaluation only (models/): no optimizer, no target network
-            fresh = [{key: type(value) for key, value in group.items()} for group in getattr(thing, "param_groups", [])]
-            try:
-                thing.load_state_dict(checkpoint["state"][name])
-                if not optimizer_fits(thing, fresh):
-                    raise ValueError(f"its {name} has settings of other types, not finite, or moments of other shapes")
-            except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as error:
-                raise ConfigError(f"{str(self.checkpoint_file)!r} does not fit these settings (another "
-                                  f"--hidden-sizes?): {' '.join(str(error).split())[:300]}") from None
-        if self.evaluating:
-            return envs.reset(seed=self.run_args.seed)[0]
         if checkpoint is not None:
+            self.load_state(state)
             self.global_step = self.start_step = checkpoint["global_step"]
             self.updates, self.best_eval_mean = checkpoint["updates"], checkpoint["best_eval_mean"]
             try:
@@ -619,6 +623,35 @@ class Run:
         # a resumed run restarts its episodes from fresh resets; the seed is shifted so they differ from the first ones
         return envs.reset(seed=self.run_args.seed + self.global_step)[0]
 
+    def load_state(self, state: dict) -> None:
+        """Restore `state` (networks, optimizer) from the checkpoint; a network saved for evaluation only (models/)
+        holds no optimizer and no target network, which an evaluation does not need."""
+        for name, thing in state.items():
+            if self.checkpoint.get("classes", {}).get(name, type(thing).__name__) != type(thing).__name__:
+                raise ConfigError(f"{str(self.checkpoint_file)!r} holds a {self.checkpoint['classes'][name]} as "
+                                  f"{name}")  # another --optimizer
+            if name not in self.checkpoint["state"] and self.evaluating:
+                continue
+            fresh = [{key: type(value) for key, value in group.items()} for group in getattr(thing, "param_groups", [])]
+            try:
+                thing.load_state_dict(self.checkpoint["state"][name])
+                if not optimizer_fits(thing, fresh):
+                    raise ValueError(f"its {name} has settings of other types, not finite, or moments of other shapes")
+            except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as error:
+                raise ConfigError(f"{str(self.checkpoint_file)!r} does not fit these settings (another "
+                                  f"--hidden-sizes?): {' '.join(str(error).split())[:300]}") from None
+
+    def evaluate_checkpoint(self, policy: Callable, eval_env: Callable, **networks) -> None:
+        """--eval-checkpoint: load `networks` from the checkpoint and evaluate `policy` on `eval_env`; no training."""
+        self.load_state(networks)
+        step = self.checkpoint["global_step"]
+        video_dir = str(self.checkpoint_file.parent / "videos") if self.run_args.capture_video else None
+        self.global_step, self.eval_returns, self.status = step, evaluate(
+            policy, eval_env(video_dir, f"eval-checkpoint-step{step}"), self.run_args.eval_episodes,
+            self.run_args.eval_epsilon, self.run_args.seed), "evaluated"
+        print(f"{self.args.env_id}: {len(self.eval_returns)} episodes, return {np.mean(self.eval_returns):.2f} "
+              f"± {np.std(self.eval_returns):.2f}{self.metrics_text()} (checkpoint at step {step:,})")
+
     def learning_starts(self, learning_starts: int) -> int:
         """The step after which learning starts: once the replay holds `learning_starts` transitions of this run."""
         return self.global_step + learning_starts if self.checkpoint and not self.replay_restored else learning_starts
@@ -639,37 +672,17 @@ class Run:
             raise KeyboardInterrupt
         self.signal = signum  # the loop stops after this step, so that the checkpoint holds whole steps
 
-    def steps(self, total_timesteps: int, num_envs: int) -> Iterator[int]:
-        """The loop's `global_step` (env steps, this iteration's counted); between iterations the evaluations and
-        checkpoints, the progress line, and the stops (a signal, divergence, --target-return); or --eval-checkpoint."""
-        self.num_envs = num_envs
-        if self.evaluating:
-            step = self.global_step = self.checkpoint["global_step"]
-            video_dir = str(self.checkpoint_file.parent / "videos") if self.run_args.capture_video else None
-            self.eval_returns = evaluate(self.policy, self.eval_env(video_dir, f"eval-checkpoint-step{step}"),
-                                         self.run_args.eval_episodes, self.run_args.eval_epsilon, self.run_args.seed)
-            self.status = "evaluated"
-            print(f"{self.args.env_id}: {len(self.eval_returns)} episodes, return {np.mean(self.eval_returns):.2f} "
-                  f"± {np.std(self.eval_returns):.2f}{self.metrics_text()} (checkpoint at step {step:,})")
-        while self.global_step < total_timesteps and self.status == "running":
-            self.global_step += num_envs
-            yield self.global_step
-            if self.status == "running" and (self.due(self.run_args.eval_frequency) or
-                                             self.global_step >= total_timesteps):
-                self.evaluate_and_save()
-            if self.signal is not None and self.status == "running":
-                self.status = "interrupted"
-                if self.run_args.save_model:
-                    self.save_latest()
-                print(f"\n{signal.Signals(self.signal).name} at step {self.global_step:,}" + (
-                    f": saved, continue with python {SCRIPT}.py --resume {self.run_dir}" if self.run_args.save_model
-                    else ""), file=sys.stderr)
-            self.show_progress(total_timesteps)
-        self.status = "finished" if self.status == "running" else self.status
-
-    def due(self, every: int) -> int:
-        """How many multiples of `every` this iteration's num_envs env steps crossed (0 or 1; more with many envs)."""
-        return self.global_step // every - (self.global_step - self.num_envs) // every
+    def stop_requested(self) -> bool:
+        """Whether the loop stops after this step: Ctrl-C or SIGTERM came (then the checkpoint is saved at this step,
+        and the resume command printed), the network diverged, or an evaluation reached --target-return."""
+        if self.signal is not None and self.status == "running":
+            self.status = "interrupted"
+            if self.run_args.save_model:
+                self.save_latest()
+            print(f"\n{signal.Signals(self.signal).name} at step {self.global_step:,}" + (
+                f": saved, continue with python {SCRIPT}.py --resume {self.run_dir}" if self.run_args.save_model
+                else ""), file=sys.stderr)
+        return self.status != "running"
 
     def log(self, name: str, value: float) -> None:
         """One row `global_step, wall_time, name, value` of metrics.csv, the same to TensorBoard, and to wandb."""
@@ -685,8 +698,9 @@ class Run:
         if self.wandb_run is not None:
             self.wandb_run.log({name: value, "global_step": self.global_step})
 
-    def log_episodes(self, infos: dict) -> None:
-        """Log the episodes that ended in this step (reported in infos["final_info"], not at an Atari lost life)."""
+    def log_episodes(self, global_step: int, infos: dict) -> None:
+        """Log the episodes that ended at step `global_step` (in infos["final_info"]; not at an Atari lost life)."""
+        self.global_step = global_step  # the step that the harness logs and saves at from now on
         final_info = infos.get("final_info", {})
         for i in np.flatnonzero(final_info["_episode"]) if "episode" in final_info else ():
             self.recent_returns = (self.recent_returns + [float(final_info["episode"]["r"][i])])[-20:]
@@ -714,6 +728,8 @@ class Run:
 
     def evaluate_and_save(self) -> None:
         """Evaluate, log, save best.pt and checkpoint.pt (never a network that is not finite), stop at the target."""
+        if self.status != "running":  # diverged in this step: nothing to save
+            return
         video_dir = str(self.run_dir / "videos") if self.run_args.capture_video else None
         returns = evaluate(self.policy, self.eval_env(video_dir, f"eval-step{self.global_step}"),
                            self.run_args.eval_episodes, self.run_args.eval_epsilon,
@@ -770,6 +786,7 @@ class Run:
         """Restore the signal handlers, write summary.json, close the logs and print the result."""
         for signum, handler in self.handlers.items():
             signal.signal(signum, handler)
+        self.status = "finished" if self.status == "running" else self.status
         returns = self.eval_returns if self.status in ("finished", "target_reached", "evaluated") else None
         elapsed = time.perf_counter() - self.start_time
         summary = {"script": SCRIPT, "env_id": self.args.env_id, "seed": self.run_args.seed, "status": self.status,

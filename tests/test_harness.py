@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,9 @@ from conftest import ROOT, SCRIPTS, read_metrics, run_script, settings, train
 
 MARKER = "# %% Harness"
 # lines from the top of each file to the marker (double_dueling_per_dqn.py: 600 until --huber-delta came, 2026-12-06;
-# 610 until its loss became a tested function and observations were cast to float32 at the env, 2026-12-07)
-BUDGETS = {"dqn.py": 300, "dqn_lunar.py": 300, "dqn_atari.py": 400, "double_dueling_per_dqn.py": 620}
+# 610 until its loss became a tested function and observations were cast to float32 at the env; all but dqn_atari.py
+# 10 more when the loop's evaluation, progress and stop became visible calls and --eval-checkpoint its own path)
+BUDGETS = {"dqn.py": 310, "dqn_lunar.py": 310, "dqn_atari.py": 400, "double_dueling_per_dqn.py": 630}
 FAST = dict(total_timesteps=3000, learning_starts=500, eval_frequency=1500, eval_episodes=2)
 
 
@@ -55,14 +55,14 @@ def test_each_script_keeps_its_line_budget(script):
     budget = BUDGETS[script]
     assert len(algorithm) <= budget, f"{script}: {len(algorithm)} lines above the harness, budget {budget}"
     # 450 until the fault handling of issue 36 (writes tried, full disks, untrusted checkpoints, the run's lock) came
-    assert len(harness) <= 580, f"the harness has {len(harness)} lines, budget 580"
+    assert len(harness) <= 585, f"the harness has {len(harness)} lines, budget 585"
     assert max(len(line.rstrip("\n")) for line in algorithm + harness) <= 120
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_the_training_loop_fits_on_one_screen(script):
     algorithm, _ = split_at_marker(script)
-    start = next(i for i, line in enumerate(algorithm) if "for global_step in run.steps(" in line)
+    start = next(i for i, line in enumerate(algorithm) if "for global_step in range(" in line)
     end = next(i for i, line in enumerate(algorithm[start + 1:], start + 1)
                if line.strip() and not line.startswith(" " * 8))
     assert end - start <= 60, f"{script}: the loop takes {end - start} lines"
@@ -338,7 +338,7 @@ def test_a_checkpoint_restores_its_rmsprop_and_refuses_to_resume_into_another_op
 @pytest.mark.parametrize("step, n, every, expected", [(10, 1, 10, 1), (9, 1, 10, 0), (12, 3, 10, 1), (9, 3, 10, 0),
                                                       (40, 16, 4, 4), (30, 3, 10, 1), (33, 3, 10, 0)])
 def test_due_counts_the_multiples_that_one_iteration_crosses(step, n, every, expected):
-    assert dqn.Run.due(types.SimpleNamespace(global_step=step, num_envs=n), every) == expected
+    assert dqn.due(step, every, n) == expected
 
 
 class WrappedMLP(torch.nn.Module):
