@@ -482,3 +482,20 @@ def test_an_exported_model_holds_only_the_q_network_and_evaluates_as_its_checkpo
     evaluations = [dqn.main(*dqn.parse_command_line(["--eval-checkpoint", str(path), "--eval-episodes", "3"]))
                    for path in (run_dir / "checkpoint.pt", model)]
     assert evaluations[0]["eval_returns"] == evaluations[1]["eval_returns"] and evaluations[1]["global_step"] == 2000
+
+
+def test_an_animation_of_a_checkpoint_playing_is_a_small_gif_and_nothing_is_written_beside_the_checkpoint(tmp_path):
+    import dqn
+    from conftest import train
+    from PIL import Image
+
+    run_dir = Path(train(dqn, total_timesteps=1000, learning_starts=500, eval_frequency=1000, eval_episodes=1,
+                         runs_dir=str(tmp_path / "runs"))["run_dir"])
+    before = sorted(path.name for path in run_dir.iterdir())
+    gif = tmp_path / "docs" / "cartpole.gif"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "animate.py"), str(run_dir / "best.pt"),
+                             str(gif), "--seconds", "2", "--fps", "10"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with Image.open(gif) as image:
+        assert image.format == "GIF" and 2 <= image.n_frames <= 20 and image.size == (300, 200)  # 600x400 halved
+    assert gif.stat().st_size < 2_000_000 and sorted(path.name for path in run_dir.iterdir()) == before
