@@ -557,7 +557,7 @@ class Run:
         for line in open("/proc/meminfo") if os.path.exists("/proc/meminfo") else ():
             free = int(line.split()[1]) * 1024 if line.startswith("MemAvailable:") else free
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else free
-        if nbytes > 0.8 * free and not self.evaluating:
+        if nbytes > 0.8 * free:  # (an evaluation builds no replay)
             raise ConfigError(f"the replay buffer needs {nbytes / 1e9:,.1f} GB and the machine has {free / 1e9:,.1f} "
                               f"GB available{' on the GPU' if device.type == 'cuda' else ''}: lower {setting}")
 
