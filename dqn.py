@@ -506,6 +506,7 @@ def check_fields(path: Path, checkpoint: dict, fields: dict) -> None:
 
 class Run:
     """The harness side of train(args, run): checks, checkpoint, device, seeds; start, steps, finish frame the loop."""
+    losses = [0.0, 0.0]  # the TD loss and the mean Q-value, as read back at the last logging
 
     def __init__(self, args, run_args: RunArgs):
         if problems := general_problems(args, run_args) or check_args(args, run_args):  # the script's own second
@@ -674,7 +675,8 @@ class Run:
 
     def stop_requested(self) -> bool:
         """Whether the loop stops after this step: Ctrl-C or SIGTERM came (then the checkpoint is saved at this step,
-        and the resume command printed), the network diverged, or an evaluation reached --target-return."""
+        and the resume command printed), the network diverged (a loss or mean Q read at the last logging, or a
+        parameter at the last evaluation, is not finite), or an evaluation reached --target-return."""
         if self.signal is not None and self.status == "running":
             self.status = "interrupted"
             if self.run_args.save_model:
@@ -682,6 +684,8 @@ class Run:
             print(f"\n{signal.Signals(self.signal).name} at step {self.global_step:,}" + (
                 f": saved, continue with python {SCRIPT}.py --resume {self.run_dir}" if self.run_args.save_model
                 else ""), file=sys.stderr)
+        if not all(map(math.isfinite, self.losses)):  # the TD loss and the mean Q, as read at the last logging
+            self.diverged(f"the TD loss is {self.losses[0]} and the mean Q-value {self.losses[1]}")
         return self.status != "running"
 
     def log(self, name: str, value: float) -> None:
@@ -708,15 +712,13 @@ class Run:
             self.log("charts/episodic_length", float(final_info["episode"]["l"][i]))
 
     def log_update(self, loss: torch.Tensor, q_values: torch.Tensor, **charts: float) -> None:
-        """After a gradient step: stop at a non-finite loss; every 100 log it, the mean Q, `charts` and the SPS."""
+        """After a gradient step: every 100, log the loss, the mean Q, `charts` and the SPS. Only then are the loss and
+        Q read back (one read: on a GPU, the other updates never wait for it)."""
         self.updates, self.charts = self.updates + 1, charts
-        if not math.isfinite(loss_value := loss.item()):
-            return self.diverged(f"the TD loss is {loss_value}")
         if self.updates % 100 == 0:
-            if not math.isfinite(mean_q := q_values.mean().item()):
-                return self.diverged(f"the mean Q-value is {mean_q}")
+            self.losses = torch.stack([loss.detach(), q_values.detach().mean()]).tolist()  # [TD loss, mean Q]
             sps = (self.global_step - self.start_step) / (time.perf_counter() - self.start_time)
-            for name, value in {"losses/td_loss": loss_value, "losses/q_values": mean_q, **{
+            for name, value in {"losses/td_loss": self.losses[0], "losses/q_values": self.losses[1], **{
                     f"charts/{name}": value for name, value in charts.items()}, "charts/SPS": sps}.items():
                 self.log(name, value)
 

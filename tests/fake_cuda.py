@@ -12,6 +12,7 @@ counts host-to-device copies (`to_device`) and device-to-host reads (`to_host`: 
 """
 
 import contextlib
+import importlib
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -71,6 +72,13 @@ class FakeCuda(TorchFunctionMode):
         save = torch.save
         stack.enter_context(_patched(torch, "save", lambda obj, *args, **kwargs: save(tree_map(plain, obj), *args,
                                                                                       **kwargs)))
+        # clip_grad_norm_ groups the gradients by the device that C++ sees (the CPU underneath) and sends its clipping
+        # factor there, which reads as a copy to the host; on a GPU the group is on the device and nothing is copied
+        clip_grad = importlib.import_module("torch.nn.utils.clip_grad")
+        group = clip_grad._group_tensors_by_device_and_dtype
+        stack.enter_context(_patched(clip_grad, "_group_tensors_by_device_and_dtype", lambda *args, **kwargs: {
+            (CUDA if isinstance(tensors[0][0], CudaTensor) else device, dtype): (tensors, indices)
+            for (device, dtype), (tensors, indices) in group(*args, **kwargs).items()}))
         # a module's .to(device) replaces its parameters by new ones (CudaTensors) instead of swapping their data
         stack.enter_context(_patched_future(True))
         return super().__enter__()

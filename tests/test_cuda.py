@@ -89,6 +89,19 @@ def test_the_frame_replay_on_the_device_saves_and_resumes(tmp_path):
     assert resumed["status"] == "finished" and resumed["replay_size"] > first["replay_size"]
 
 
+@pytest.mark.parametrize("script", list(ENVS))
+def test_an_update_reads_nothing_back_from_the_device_but_every_100th_its_loss_and_mean_q(script, tmp_path):
+    module = importlib.import_module(script)
+    # 500 updates, one an env step; every action random (epsilon 1), so that no action reads the device
+    values = dict(env_id=ENVS[script], total_timesteps=700, learning_starts=200, batch_size=8, buffer_size=700,
+                  hidden_sizes=(16,), train_frequency=1, start_e=1.0, end_e=1.0, eval_epsilon=1.0, save_model=False,
+                  eval_frequency=700, eval_episodes=1, cuda=True, runs_dir=str(tmp_path))
+    with FakeCuda() as cuda:
+        assert module.main(*settings(module, **values))["status"] == "finished"
+    # one read per logging (the loss and the mean Q together); prioritized replay reads each update's TD errors
+    assert cuda.to_host == 500 // 100 + (500 if script == "double_dueling_per_dqn" else 0)
+
+
 @pytest.mark.parametrize("script", ["dqn", "dqn_lunar", "double_dueling_per_dqn"])
 def test_an_env_with_float64_observations_trains_on_the_device(script, tmp_path):
     summary = short(importlib.import_module(script), tmp_path, env_id="Float64Obs-v0")
