@@ -185,9 +185,11 @@ class ReplayBuffer:
         size = len(state["actions"])
         if size > self.capacity:
             raise ConfigError(f"the saved replay holds {size} transitions, more than --buffer-size {self.capacity}")
+        # a larger --buffer-size on a resume: the saved ring, oldest first, and room after it
+        order = np.roll(np.arange(size), -state["position"]) if size < self.capacity else np.arange(size)
         for name in ("obs", "next_obs", "actions", "rewards", "terminations"):
-            getattr(self, name)[:size] = state[name].numpy()
-        self.size, self.position = size, state["position"] % self.capacity
+            getattr(self, name)[:size] = state[name].numpy()[order]
+        self.size, self.position = size, state["position"] % self.capacity if size == self.capacity else size
 
 
 def linear_schedule(start: float, end: float, duration: float, step: int) -> float:
@@ -245,16 +247,16 @@ def train(args: Args, run: "Run") -> None:
     eval_env = partial(make_env, args.env_id)
     if run.evaluating:  # --eval-checkpoint: load the network and evaluate it; no replay, no training
         envs.close()
-        return run.evaluate_checkpoint(partial(epsilon_greedy, q_network), eval_env, q_network=q_network)
+        return evaluate_checkpoint(run, partial(epsilon_greedy, q_network), eval_env, q_network=q_network)
     target_network = QNetwork(obs_shape[0], n_actions, args.hidden_sizes).to(run.device)
     target_network.load_state_dict(q_network.state_dict())
     optimizer = make_optimizer(q_network.parameters(), args)
-    run.check_memory(ReplayBuffer.bytes_needed(args.buffer_size, obs_shape), "--buffer-size")
+    check_memory(ReplayBuffer.bytes_needed(args.buffer_size, obs_shape), "--buffer-size")
     replay_buffer = ReplayBuffer(args.buffer_size, obs_shape, run.device)
-    obs = run.start(envs, policy=partial(epsilon_greedy, q_network), eval_env=eval_env,
+    obs = start_run(run, envs, policy=partial(epsilon_greedy, q_network), eval_env=eval_env,
                     replay=replay_buffer, q_network=q_network, target_network=target_network, optimizer=optimizer)
-    # random play fills the replay before learning starts; a run resumed without its replay fills it again
-    learning_starts = run.learning_starts(args.learning_starts)
+    # learning starts once the replay holds learning_starts transitions: a run resumed without it fills it again
+    learning_starts = args.learning_starts + (0 if run.replay_restored else run.start_step)
     exploration_steps = args.exploration_fraction * args.total_timesteps  # epsilon falls over these first steps
     # global_step: env steps so far, summed over the envs, this iteration's included
     for global_step in range(run.start_step + args.num_envs, args.total_timesteps + args.num_envs, args.num_envs):
@@ -262,7 +264,7 @@ def train(args: Args, run: "Run") -> None:
         epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
         actions = epsilon_greedy(q_network, obs, epsilon, run.rng)
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        run.log_episodes(global_step, infos)
+        log_episodes(run, global_step, infos)
         # store (s, a, r, s', terminated): a truncated episode keeps terminated 0, so its target bootstraps from s'
         replay_buffer.add(obs, final_observations(next_obs, infos), actions, rewards, terminations)
         obs = next_obs
@@ -284,15 +286,15 @@ def train(args: Args, run: "Run") -> None:
                 if args.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)
                 optimizer.step()
-                run.log_update(loss, q_values, epsilon=epsilon)
+                log_update(run, loss, q_values, epsilon=epsilon)
             # every target_network_frequency steps: the target network follows the online one
             if due(global_step, args.target_network_frequency, args.num_envs):
                 update_target(target_network, q_network, args.tau)
         # every eval_frequency steps and at the last: evaluate and save the checkpoints; the progress line; stops
         if due(global_step, run.run_args.eval_frequency, args.num_envs) or global_step >= args.total_timesteps:
-            run.evaluate_and_save()
-        run.show_progress(args.total_timesteps)
-        if run.stop_requested():  # Ctrl-C or SIGTERM (the checkpoint is saved first), divergence, --target-return
+            evaluate_and_save(run)
+        show_progress(run, args.total_timesteps)
+        if stop_requested(run):  # Ctrl-C or SIGTERM (the checkpoint is saved first), divergence, --target-return
             break
     envs.close()
 
@@ -505,329 +507,361 @@ def check_fields(path: Path, checkpoint: dict, fields: dict) -> None:
 
 
 class Run:
-    """The harness side of train(args, run): checks, checkpoint, device, seeds; start, steps, finish frame the loop."""
-    losses = [0.0, 0.0]  # the TD loss and the mean Q-value, as read back at the last logging
+    """What the harness functions below share about one run: settings, checkpoint, device, counters, open files."""
 
-    def __init__(self, args, run_args: RunArgs):
-        if problems := general_problems(args, run_args) or check_args(args, run_args):  # the script's own second
-            raise ConfigError("; ".join(problems))
-        self.args, self.run_args, self.checkpoint, self.checkpoint_file = args, run_args, None, None
+    def __init__(self, args, run_args: RunArgs, device: torch.device, checkpoint_file: Optional[Path],
+                 checkpoint: Optional[dict]):
+        self.args, self.run_args, self.device, self.checkpoint_file, self.checkpoint = (args, run_args, device,
+                                                                                        checkpoint_file, checkpoint)
         self.evaluating = run_args.eval_checkpoint is not None  # --eval-checkpoint: evaluate, do not train
-        if run_args.resume is not None or self.evaluating:
-            self.checkpoint_file, checkpoint = read_checkpoint(run_args.resume or run_args.eval_checkpoint)
-            where = repr(str(self.checkpoint_file))
-            if checkpoint.get("script") != SCRIPT:
-                raise ConfigError(f"{where} is not a {SCRIPT}.py checkpoint (it comes from {checkpoint.get('script')})")
-            if checkpoint["env_id"] != args.env_id:
-                raise ConfigError(f"{where} was trained on {checkpoint['env_id']}, not {args.env_id}")
-            check_fields(self.checkpoint_file, checkpoint, MODEL_FIELDS if self.evaluating else RESUME_FIELDS)
-            if checkpoint["global_step"] < 0:
-                raise ConfigError(f"{where} is not a whole checkpoint: its global_step is {checkpoint['global_step']}")
-            if not self.evaluating and checkpoint["global_step"] >= args.total_timesteps:
-                raise ConfigError(f"{where} is finished: it has run {checkpoint['global_step']:,} steps; training on "
-                                  "needs a larger --total-timesteps")
-            self.checkpoint = checkpoint
-        # the folder this run writes to (its videos, with --eval-checkpoint): tried now, before any work
-        if not self.evaluating or run_args.capture_video:
-            check_writable(self.checkpoint_file.parent if self.checkpoint_file else Path(run_args.runs_dir),
-                           "--runs-dir" if self.checkpoint_file is None else "the run directory")
-        if run_args.cuda and not torch.cuda.is_available():
-            print("warning: --cuda given but CUDA is not available; using the CPU", file=sys.stderr)
-        self.device = torch.device("cuda" if run_args.cuda and torch.cuda.is_available() else "cpu")
-        if run_args.torch_threads > 0:
-            torch.set_num_threads(run_args.torch_threads)
-        for seed in (random.seed, np.random.seed, torch.manual_seed):
-            seed(run_args.seed)
-        torch.backends.cudnn.deterministic = run_args.torch_deterministic
         self.rng = np.random.default_rng(run_args.seed)  # the loop's draws: exploration and replay sampling
         self.global_step = self.start_step = self.updates = 0
         self.best_eval_mean, self.eval_returns, self.status, self.signal = -math.inf, None, "running", None
-        self.run_dir, self.metrics, self.wandb_run, self.replay_restored, self.charts = None, None, None, False, {}
-        self.recent_returns, self.handlers, self.start_time, self.lock_fd = [], {}, time.perf_counter(), None
-        self.eval_metrics = lambda returns: {}  # more evaluation metrics, {name: value} (dqn_lunar.py: landing rate)
-
-    def check_memory(self, nbytes: int, setting: str, device: torch.device = torch.device("cpu")) -> None:
-        """Refuse, before it is allocated, a replay that would take more than 80% of the memory free on `device`."""
-        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # Linux: MemAvailable, free and in caches
-        for line in open("/proc/meminfo") if os.path.exists("/proc/meminfo") else ():
-            free = int(line.split()[1]) * 1024 if line.startswith("MemAvailable:") else free
-        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else free
-        if nbytes > 0.8 * free:  # (an evaluation builds no replay)
-            raise ConfigError(f"the replay buffer needs {nbytes / 1e9:,.1f} GB and the machine has {free / 1e9:,.1f} "
-                              f"GB available{' on the GPU' if device.type == 'cuda' else ''}: lower {setting}")
-
-    def start(self, envs: gym.vector.VectorEnv, policy: Callable, eval_env: Callable, replay,
-              **state) -> np.ndarray:
-        """Take what to evaluate (`policy(obs, epsilon, rng)` on `eval_env(video_dir, video_prefix)()`) and to
-        checkpoint (`replay`, `state`); restore them on a resume; make the run dir; return the first obs."""
-        self.policy, self.eval_env, self.replay = policy, eval_env, replay
-        self.state, checkpoint = state, self.checkpoint
-        if checkpoint is not None:
-            self.load_state(state)
-            self.global_step = self.start_step = checkpoint["global_step"]
-            self.updates, self.best_eval_mean = checkpoint["updates"], checkpoint["best_eval_mean"]
-            try:
-                self.rng.bit_generator.state = checkpoint["rng"]["numpy"]
-                torch.set_rng_state(checkpoint["rng"]["torch"])
-            except (KeyError, TypeError, ValueError, RuntimeError):
-                raise ConfigError(f"{str(self.checkpoint_file)!r} is not a whole checkpoint: its rng") from None
-            replay_file = self.checkpoint_file.parent / "replay.pt"
-            if checkpoint["replay_saved"] and replay_file.exists():
-                _, saved = read_checkpoint(replay_file, mmap=True)  # mmap: no second copy in memory
-                check_fields(replay_file, saved, dict(global_step=int, replay=dict))
-                if saved["global_step"] == self.global_step:  # else a crash came between the two writes: too new
-                    try:
-                        replay.load_state_dict(saved["replay"])
-                    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
-                        raise ConfigError(f"{str(replay_file)!r} does not fit this replay: {error}") from None
-                    self.replay_restored = True
-            self.run_dir = self.checkpoint_file.parent  # nothing was written before this line: an error leaves no trace
-            self.lock()
-            rows = []  # the steps after the checkpoint come again (a checkpoint copied out of its run starts afresh)
-            with contextlib.suppress(FileNotFoundError), open(self.run_dir / "metrics.csv", newline="") as file:
-                rows = [row for row in csv.reader(file) if row[0] == "global_step" or int(row[0]) <= self.global_step]
-            write_atomically(self.run_dir / "metrics.csv", lambda file: csv.writer(file).writerows(rows), "w")
-            print(f"resuming {self.run_dir} at step {self.global_step:,}"
-                  + ("" if self.replay_restored else " with an empty replay buffer"))
-        else:
-            self.run_dir = Path(self.run_args.runs_dir) / "__".join([self.args.env_id.replace("/", "-").replace(
-                ":", "-"), self.run_args.exp_name, str(self.run_args.seed), str(int(time.time()))])
-            while True:  # two runs started in the same second take two names
-                try:
-                    self.run_dir.mkdir(parents=True)
-                    break
-                except FileExistsError:
-                    self.run_dir = self.run_dir.with_name(self.run_dir.name + "_")
-            self.lock()
-        settings = {"args": dataclasses.asdict(self.args), "run_args": dataclasses.asdict(self.run_args)}
-        flat = settings["args"] | settings["run_args"]
-        write_atomically(self.run_dir / "args.json", lambda file: file.write(json.dumps(flat, indent=2)), "w")
-        if self.run_args.track:
-            import wandb
-            self.wandb_run = wandb.init(project=self.run_args.wandb_project_name, entity=self.run_args.wandb_entity,
-                                        name=self.run_dir.name, id=self.run_dir.name.replace(".", "-"),
-                                        resume="allow", dir=str(self.run_dir), config=settings)
-        from torch.utils.tensorboard import SummaryWriter  # TensorBoard event files, imported only for training
-        threading.excepthook = lambda hook: None if issubclass(hook.exc_type, OSError) else threading.__excepthook__(
-            hook)  # its writer thread's failed write (a full disk) is reported once, by the next add_scalar
-        self.tensorboard = SummaryWriter(self.run_dir, purge_step=self.global_step + 1 if checkpoint else None)
-        table = "\n".join(f"| {name} | {value} |" for name, value in flat.items())
-        self.tensorboard.add_text("hyperparameters", "| setting | value |\n| --- | --- |\n" + table, self.global_step)
-        self.metrics = open(self.run_dir / "metrics.csv", "a", newline="")  # flushed per row: a crash loses nothing
-        self.metrics_writer = csv.writer(self.metrics)
-        if self.metrics.tell() == 0:  # a new file
-            self.metrics_writer.writerow(["global_step", "wall_time", "name", "value"])
-        for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, kill, timeout, a job scheduler: save, then stop
-            self.handlers[signum] = signal.signal(signum, self.on_signal)
+        self.run_dir, self.metrics, self.wandb_run, self.replay, self.replay_restored = None, None, None, None, False
+        self.charts, self.recent_returns, self.handlers, self.lock_fd = {}, [], {}, None
+        self.losses = [0.0, 0.0]  # the TD loss and the mean Q-value, as read back at the last logging
         self.start_time = self.last_print = time.perf_counter()
         self.clear_line = "\r\x1b[K" if sys.stdout.isatty() else ""  # a terminal redraws the progress line in place
-        # a resumed run restarts its episodes from fresh resets; the seed is shifted so they differ from the first ones
-        return envs.reset(seed=self.run_args.seed + self.global_step)[0]
+        self.eval_metrics = lambda returns: {}  # more evaluation metrics, {name: value} (dqn_lunar.py: landing rate)
 
-    def load_state(self, state: dict) -> None:
-        """Restore `state` (networks, optimizer) from the checkpoint; a network saved for evaluation only (models/)
-        holds no optimizer and no target network, which an evaluation does not need."""
-        for name, thing in state.items():
-            if self.checkpoint.get("classes", {}).get(name, type(thing).__name__) != type(thing).__name__:
-                raise ConfigError(f"{str(self.checkpoint_file)!r} holds a {self.checkpoint['classes'][name]} as "
-                                  f"{name}")  # another --optimizer
-            if name not in self.checkpoint["state"] and self.evaluating:
-                continue
-            fresh = [{key: type(value) for key, value in group.items()} for group in getattr(thing, "param_groups", [])]
+
+def open_run(args, run_args: RunArgs) -> Run:
+    """Check the settings and the checkpoint to resume or evaluate, try the folder to write to, pick the device, set
+    the threads and seeds: the Run, or a ConfigError before anything is written."""
+    if problems := general_problems(args, run_args) or check_args(args, run_args):  # the script's own second
+        raise ConfigError("; ".join(problems))
+    evaluating, checkpoint_file, checkpoint = run_args.eval_checkpoint is not None, None, None
+    if run_args.resume is not None or evaluating:
+        checkpoint_file, checkpoint = read_checkpoint(run_args.resume or run_args.eval_checkpoint)
+        check_checkpoint(checkpoint_file, checkpoint, args, MODEL_FIELDS if evaluating else RESUME_FIELDS)
+    if not evaluating or run_args.capture_video:  # the folder this run writes to (with --eval-checkpoint: videos)
+        check_writable(checkpoint_file.parent if checkpoint_file else Path(run_args.runs_dir),
+                       "--runs-dir" if checkpoint_file is None else "the run directory")
+    if run_args.cuda and not torch.cuda.is_available():
+        print("warning: --cuda given but CUDA is not available; using the CPU", file=sys.stderr)
+    if run_args.torch_threads > 0:
+        torch.set_num_threads(run_args.torch_threads)
+    for seed in (random.seed, np.random.seed, torch.manual_seed):
+        seed(run_args.seed)
+    torch.backends.cudnn.deterministic = run_args.torch_deterministic
+    device = torch.device("cuda" if run_args.cuda and torch.cuda.is_available() else "cpu")
+    return Run(args, run_args, device, checkpoint_file, checkpoint)
+
+
+def check_checkpoint(path: Path, checkpoint: dict, args, fields: dict) -> None:
+    """Refuse a checkpoint of another script or env, with a field missing or of the wrong type, or finished."""
+    if checkpoint.get("script") != SCRIPT:
+        raise ConfigError(f"{str(path)!r} is not a {SCRIPT}.py checkpoint (it comes from {checkpoint.get('script')})")
+    if checkpoint["env_id"] != args.env_id:
+        raise ConfigError(f"{str(path)!r} was trained on {checkpoint['env_id']}, not {args.env_id}")
+    check_fields(path, checkpoint, fields)
+    if checkpoint["global_step"] < 0:
+        raise ConfigError(f"{str(path)!r} is not a whole checkpoint: its global_step is {checkpoint['global_step']}")
+    if fields is RESUME_FIELDS and checkpoint["global_step"] >= args.total_timesteps:
+        raise ConfigError(f"{str(path)!r} is finished: it has run {checkpoint['global_step']:,} steps; training on "
+                          "needs a larger --total-timesteps")
+
+
+def check_memory(nbytes: int, setting: str, device: torch.device = torch.device("cpu")) -> None:
+    """Refuse, before it is allocated, a replay that would take more than 80% of the memory free on `device`."""
+    free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # Linux: MemAvailable, free and in caches
+    for line in open("/proc/meminfo") if os.path.exists("/proc/meminfo") else ():
+        free = int(line.split()[1]) * 1024 if line.startswith("MemAvailable:") else free
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else free
+    if nbytes > 0.8 * free:
+        raise ConfigError(f"the replay buffer needs {nbytes / 1e9:,.1f} GB and the machine has {free / 1e9:,.1f} "
+                          f"GB available{' on the GPU' if device.type == 'cuda' else ''}: lower {setting}")
+
+
+def load_state(run: Run, state: dict) -> None:
+    """Restore `state` (networks, optimizer) from the checkpoint: each must be there, of its class and its shapes."""
+    for name, thing in state.items():
+        if run.checkpoint.get("classes", {}).get(name, type(thing).__name__) != type(thing).__name__:
+            raise ConfigError(f"{str(run.checkpoint_file)!r} holds a {run.checkpoint['classes'][name]} as "
+                              f"{name}")  # another --optimizer
+        fresh = [{key: type(value) for key, value in group.items()} for group in getattr(thing, "param_groups", [])]
+        try:
+            thing.load_state_dict(run.checkpoint["state"][name])
+            if not optimizer_fits(thing, fresh):
+                raise ValueError(f"its {name} has settings of other types, not finite, or moments of other shapes")
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as error:
+            raise ConfigError(f"{str(run.checkpoint_file)!r} does not fit these settings (another --hidden-sizes?): "
+                              f"{' '.join(str(error).split())[:300]}") from None
+
+
+def evaluate_checkpoint(run: Run, policy: Callable, eval_env: Callable, **networks) -> None:
+    """--eval-checkpoint: load `networks` from the checkpoint and evaluate `policy` on `eval_env`; no training."""
+    load_state(run, networks)
+    step = run.checkpoint["global_step"]
+    video_dir = str(run.checkpoint_file.parent / "videos") if run.run_args.capture_video else None
+    run.global_step, run.status = step, "evaluated"
+    run.eval_returns = evaluate(policy, eval_env(video_dir, f"eval-checkpoint-step{step}"), run.run_args.eval_episodes,
+                                run.run_args.eval_epsilon, run.run_args.seed)
+    print(f"{run.args.env_id}: {len(run.eval_returns)} episodes, return {np.mean(run.eval_returns):.2f} "
+          f"± {np.std(run.eval_returns):.2f}{metrics_text(run)} (checkpoint at step {step:,})")
+
+
+def start_run(run: Run, envs: gym.vector.VectorEnv, policy: Callable, eval_env: Callable, replay,
+              **state) -> np.ndarray:
+    """Take what to evaluate (`policy(obs, epsilon, rng)` on `eval_env(video_dir, video_prefix)()`) and to checkpoint
+    (`replay`, `state`); restore them on a resume; open the run directory and its logs; return the first obs."""
+    run.policy, run.eval_env, run.replay, run.state = policy, eval_env, replay, state
+    if run.checkpoint is not None:
+        restore(run)
+        run.run_dir = run.checkpoint_file.parent  # nothing was written before this line: an error leaves no trace
+    else:
+        run.run_dir = Path(run.run_args.runs_dir) / "__".join([run.args.env_id.replace("/", "-").replace(":", "-"),
+                                                                run.run_args.exp_name, str(run.run_args.seed),
+                                                                str(int(time.time()))])
+        while True:  # two runs started in the same second take two names
             try:
-                thing.load_state_dict(self.checkpoint["state"][name])
-                if not optimizer_fits(thing, fresh):
-                    raise ValueError(f"its {name} has settings of other types, not finite, or moments of other shapes")
-            except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as error:
-                raise ConfigError(f"{str(self.checkpoint_file)!r} does not fit these settings (another "
-                                  f"--hidden-sizes?): {' '.join(str(error).split())[:300]}") from None
+                run.run_dir.mkdir(parents=True)
+                break
+            except FileExistsError:
+                run.run_dir = run.run_dir.with_name(run.run_dir.name + "_")
+    run.lock_fd = lock(run.run_dir)
+    open_logs(run)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, kill, timeout, a job scheduler: save, then stop
+        run.handlers[signum] = signal.signal(signum, lambda signum, frame: on_signal(run, signum))
+    run.start_time = run.last_print = time.perf_counter()
+    # a resumed run restarts its episodes from fresh resets; the seed is shifted so they differ from the first ones
+    return envs.reset(seed=run.run_args.seed + run.global_step)[0]
 
-    def evaluate_checkpoint(self, policy: Callable, eval_env: Callable, **networks) -> None:
-        """--eval-checkpoint: load `networks` from the checkpoint and evaluate `policy` on `eval_env`; no training."""
-        self.load_state(networks)
-        step = self.checkpoint["global_step"]
-        video_dir = str(self.checkpoint_file.parent / "videos") if self.run_args.capture_video else None
-        self.global_step, self.eval_returns, self.status = step, evaluate(
-            policy, eval_env(video_dir, f"eval-checkpoint-step{step}"), self.run_args.eval_episodes,
-            self.run_args.eval_epsilon, self.run_args.seed), "evaluated"
-        print(f"{self.args.env_id}: {len(self.eval_returns)} episodes, return {np.mean(self.eval_returns):.2f} "
-              f"± {np.std(self.eval_returns):.2f}{self.metrics_text()} (checkpoint at step {step:,})")
 
-    def learning_starts(self, learning_starts: int) -> int:
-        """The step after which learning starts: once the replay holds `learning_starts` transitions of this run."""
-        return self.global_step + learning_starts if self.checkpoint and not self.replay_restored else learning_starts
+def restore(run: Run) -> None:
+    """A resume: the networks, optimizer, counters and random states of the checkpoint, and its replay if saved."""
+    load_state(run, run.state)
+    run.global_step = run.start_step = run.checkpoint["global_step"]
+    run.updates, run.best_eval_mean = run.checkpoint["updates"], run.checkpoint["best_eval_mean"]
+    try:
+        run.rng.bit_generator.state = run.checkpoint["rng"]["numpy"]
+        torch.set_rng_state(run.checkpoint["rng"]["torch"])
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"{str(run.checkpoint_file)!r} is not a whole checkpoint: its rng") from None
+    replay_file = run.checkpoint_file.parent / "replay.pt"
+    if run.checkpoint["replay_saved"] and replay_file.exists():
+        _, saved = read_checkpoint(replay_file, mmap=True)  # mmap: no second copy in memory
+        check_fields(replay_file, saved, dict(global_step=int, replay=dict))
+        if saved["global_step"] == run.global_step:  # else a crash came between the two writes: too new
+            try:
+                run.replay.load_state_dict(saved["replay"])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+                raise ConfigError(f"{str(replay_file)!r} does not fit this replay: {error}") from None
+            run.replay_restored = True
 
-    def lock(self) -> None:
-        """One run directory, one process: an OS lock on the folder, which ends with this process (kill -9 too)."""
-        self.lock_fd = os.open(self.run_dir, os.O_RDONLY)
-        try:
-            if fcntl is not None:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.lock_fd)
-            raise ConfigError(f"{self.run_dir} is in use by another process (its run, or a resume of it): wait until "
-                              "it ends") from None
 
-    def on_signal(self, signum, frame) -> None:
-        if self.signal is not None:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        self.signal = signum  # the loop stops after this step, so that the checkpoint holds whole steps
+def lock(folder: Path) -> int:
+    """One run directory, one process: an OS lock on the folder, which ends with this process (kill -9 too)."""
+    lock_fd = os.open(folder, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        raise ConfigError(f"{folder} is in use by another process (its run, or a resume of it): wait until it "
+                          "ends") from None
+    return lock_fd
 
-    def stop_requested(self) -> bool:
-        """Whether the loop stops after this step: Ctrl-C or SIGTERM came (then the checkpoint is saved at this step,
-        and the resume command printed), the network diverged (a loss or mean Q read at the last logging, or a
-        parameter at the last evaluation, is not finite), or an evaluation reached --target-return."""
-        if self.signal is not None and self.status == "running":
-            self.status = "interrupted"
-            if self.run_args.save_model:
-                self.save_latest()
-            print(f"\n{signal.Signals(self.signal).name} at step {self.global_step:,}" + (
-                f": saved, continue with python {SCRIPT}.py --resume {self.run_dir}" if self.run_args.save_model
-                else ""), file=sys.stderr)
-        if not all(map(math.isfinite, self.losses)):  # the TD loss and the mean Q, as read at the last logging
-            self.diverged(f"the TD loss is {self.losses[0]} and the mean Q-value {self.losses[1]}")
-        return self.status != "running"
 
-    def log(self, name: str, value: float) -> None:
-        """One row `global_step, wall_time, name, value` of metrics.csv, the same to TensorBoard, and to wandb."""
-        try:
-            self.metrics_writer.writerow([self.global_step, f"{time.time():.3f}", name, f"{value:.6g}"])
-            self.metrics.flush()
-        except OSError as error:  # a full disk: name the file
-            raise OSError(error.errno, error.strerror, self.metrics.name) from None
-        try:  # TensorBoard writes in a thread of its own, which hands a failed write to the next call
-            self.tensorboard.add_scalar(name, value, self.global_step)
-        except OSError as error:
-            raise OSError(error.errno, error.strerror, str(next(self.run_dir.glob("events.out.tfevents.*")))) from None
-        if self.wandb_run is not None:
-            self.wandb_run.log({name: value, "global_step": self.global_step})
+def open_logs(run: Run) -> None:
+    """args.json, metrics.csv (on a resume, cut back to the checkpoint's step), TensorBoard and wandb."""
+    if run.checkpoint is not None:
+        rows = []  # the steps after the checkpoint come again (a checkpoint copied out of its run starts afresh)
+        with contextlib.suppress(FileNotFoundError), open(run.run_dir / "metrics.csv", newline="") as file:
+            rows = [row for row in csv.reader(file) if len(row) == 4 and (  # a line cut short by a crash goes too
+                row[0] == "global_step" or row[0].isdigit() and int(row[0]) <= run.global_step)]
+        write_atomically(run.run_dir / "metrics.csv", lambda file: csv.writer(file).writerows(rows), "w")
+        print(f"resuming {run.run_dir} at step {run.global_step:,}"
+              + ("" if run.replay_restored else " with an empty replay buffer"))
+    settings = {"args": dataclasses.asdict(run.args), "run_args": dataclasses.asdict(run.run_args)}
+    flat = settings["args"] | settings["run_args"]
+    write_atomically(run.run_dir / "args.json", lambda file: file.write(json.dumps(flat, indent=2)), "w")
+    if run.run_args.track:
+        import wandb
+        run.wandb_run = wandb.init(project=run.run_args.wandb_project_name, entity=run.run_args.wandb_entity,
+                                   name=run.run_dir.name, id=run.run_dir.name.replace(".", "-"), resume="allow",
+                                   dir=str(run.run_dir), config=settings)
+    from torch.utils.tensorboard import SummaryWriter  # TensorBoard event files, imported only for training
+    threading.excepthook = lambda hook: None if issubclass(hook.exc_type, OSError) else threading.__excepthook__(
+        hook)  # its writer thread's failed write (a full disk) is reported once, by the next add_scalar
+    run.tensorboard = SummaryWriter(run.run_dir, purge_step=run.global_step + 1 if run.checkpoint else None)
+    table = "\n".join(f"| {name} | {value} |" for name, value in flat.items())
+    run.tensorboard.add_text("hyperparameters", "| setting | value |\n| --- | --- |\n" + table, run.global_step)
+    run.metrics = open(run.run_dir / "metrics.csv", "a", newline="")  # flushed per row: a crash loses nothing
+    run.metrics_writer = csv.writer(run.metrics)
+    if run.metrics.tell() == 0:  # a new file
+        run.metrics_writer.writerow(["global_step", "wall_time", "name", "value"])
 
-    def log_episodes(self, global_step: int, infos: dict) -> None:
-        """Log the episodes that ended at step `global_step` (in infos["final_info"]; not at an Atari lost life)."""
-        self.global_step = global_step  # the step that the harness logs and saves at from now on
-        final_info = infos.get("final_info", {})
-        for i in np.flatnonzero(final_info["_episode"]) if "episode" in final_info else ():
-            self.recent_returns = (self.recent_returns + [float(final_info["episode"]["r"][i])])[-20:]
-            self.log("charts/episodic_return", float(final_info["episode"]["r"][i]))
-            self.log("charts/episodic_length", float(final_info["episode"]["l"][i]))
 
-    def log_update(self, loss: torch.Tensor, q_values: torch.Tensor, **charts: float) -> None:
-        """After a gradient step: every 100, log the loss, the mean Q, `charts` and the SPS. Only then are the loss and
-        Q read back (one read: on a GPU, the other updates never wait for it)."""
-        self.updates, self.charts = self.updates + 1, charts
-        if self.updates % 100 == 0:
-            self.losses = torch.stack([loss.detach(), q_values.detach().mean()]).tolist()  # [TD loss, mean Q]
-            sps = (self.global_step - self.start_step) / (time.perf_counter() - self.start_time)
-            for name, value in {"losses/td_loss": self.losses[0], "losses/q_values": self.losses[1], **{
-                    f"charts/{name}": value for name, value in charts.items()}, "charts/SPS": sps}.items():
-                self.log(name, value)
+def on_signal(run: Run, signum: int) -> None:
+    if run.signal is not None:  # a second Ctrl-C: stop at once
+        raise KeyboardInterrupt
+    run.signal = signum  # the loop stops after this step, so that the checkpoint holds whole steps
 
-    def diverged(self, what: str) -> None:
-        if self.status == "running":
-            self.status = "diverged"  # and no checkpoint is written from now on: the last one, still finite, stays
-            print(f"\nerror: {what} at step {self.global_step:,}: the Q-network diverged, most often from a too high "
-                  f"--learning-rate {self.args.learning_rate}; the last finite checkpoint is kept", file=sys.stderr)
 
-    def evaluate_and_save(self) -> None:
-        """Evaluate, log, save best.pt and checkpoint.pt (never a network that is not finite), stop at the target."""
-        if self.status != "running":  # diverged in this step: nothing to save
-            return
-        video_dir = str(self.run_dir / "videos") if self.run_args.capture_video else None
-        returns = evaluate(self.policy, self.eval_env(video_dir, f"eval-step{self.global_step}"),
-                           self.run_args.eval_episodes, self.run_args.eval_epsilon,
-                           self.run_args.seed + 100_000 + self.global_step, lambda: self.signal is not None)
-        if returns is None:  # a signal came during the evaluation
-            return
-        mean, self.eval_returns = float(np.mean(returns)), returns
-        for name, value in {"episodic_return": mean, "episodic_return_std": float(np.std(returns)),
-                            **self.eval_metrics(returns)}.items():
-            self.log(f"eval/{name}", value)
-        print(f"{self.clear_line}step {self.global_step:>9,}  eval return {mean:9.2f} ± {np.std(returns):7.2f} "
-              f"over {len(returns)} episodes{self.metrics_text()}", flush=True)
-        if not all(torch.isfinite(parameter).all() for thing in self.state.values() if isinstance(thing, nn.Module)
-                   for parameter in thing.parameters()):
-            return self.diverged("a network parameter is not finite")
-        if self.run_args.save_model and mean > self.best_eval_mean:
-            save_checkpoint(self.run_dir / "best.pt", self.checkpoint_state() | {"best_eval_mean": mean})
-        self.best_eval_mean = max(self.best_eval_mean, mean)
-        if self.run_args.save_model:
-            self.save_latest()
-        if self.run_args.target_return is not None and mean >= self.run_args.target_return:
-            self.status = "target_reached"
-            print(f"evaluation mean {mean:.2f} reached --target-return {self.run_args.target_return}: stopping")
+def log(run: Run, name: str, value: float) -> None:
+    """One row `global_step, wall_time, name, value` of metrics.csv, the same to TensorBoard, and to wandb."""
+    try:
+        run.metrics_writer.writerow([run.global_step, f"{time.time():.3f}", name, f"{value:.6g}"])
+        run.metrics.flush()
+    except OSError as error:  # a full disk: name the file
+        raise OSError(error.errno, error.strerror, run.metrics.name) from None
+    try:  # TensorBoard writes in a thread of its own, which hands a failed write to the next call
+        run.tensorboard.add_scalar(name, value, run.global_step)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(next(run.run_dir.glob("events.out.tfevents.*")))) from None
+    if run.wandb_run is not None:
+        run.wandb_run.log({name: value, "global_step": run.global_step})
 
-    def metrics_text(self) -> str:  # the eval_metrics of the latest evaluation, for printing
-        return "".join(f", {name} {value:.3g}" for name, value in self.eval_metrics(self.eval_returns).items())
 
-    def checkpoint_state(self) -> dict:
-        return {"script": SCRIPT, "env_id": self.args.env_id, "args": dataclasses.asdict(self.args),
-                "run_args": dataclasses.asdict(self.run_args), "global_step": self.global_step,
-                "updates": self.updates, "best_eval_mean": self.best_eval_mean,
-                "replay_saved": self.run_args.save_replay,
-                "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
-                "state": {name: thing.state_dict() for name, thing in self.state.items()},
-                "classes": {name: type(thing).__name__ for name, thing in self.state.items()}}
+def log_episodes(run: Run, global_step: int, infos: dict) -> None:
+    """Log the episodes that ended at step `global_step` (in infos["final_info"]; not at an Atari lost life)."""
+    run.global_step = global_step  # the step that the harness logs and saves at from now on
+    final_info = infos.get("final_info", {})
+    for i in np.flatnonzero(final_info["_episode"]) if "episode" in final_info else ():
+        run.recent_returns = (run.recent_returns + [float(final_info["episode"]["r"][i])])[-20:]
+        log(run, "charts/episodic_return", float(final_info["episode"]["r"][i]))
+        log(run, "charts/episodic_length", float(final_info["episode"]["l"][i]))
 
-    def save_latest(self) -> None:
-        """checkpoint.pt, and replay.pt before it: a crash between the two leaves a newer replay, which is ignored."""
-        if self.run_args.save_replay:
-            save_checkpoint(self.run_dir / "replay.pt", {"global_step": self.global_step,
-                                                         "replay": self.replay.state_dict()})
-        save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint_state())
 
-    def show_progress(self, total_timesteps: int) -> None:
-        """One progress line: redrawn in place twice a second in a terminal, printed every 15 s into a log file."""
-        if (now := time.perf_counter()) - self.last_print > (0.5 if self.clear_line else 15.0):
-            self.last_print, sps = now, (self.global_step - self.start_step) / (now - self.start_time)
-            charts = "".join(f"  {name} {value:.3g}" for name, value in self.charts.items())
-            recent = f"{np.mean(self.recent_returns):9.2f}" if self.recent_returns else "        -"
-            print(f"{self.clear_line}step {self.global_step:>9,}/{total_timesteps:,}  SPS {sps:7,.0f}{charts}  return "
-                  f"(last {len(self.recent_returns):2d}) {recent}", end="" if self.clear_line else "\n", flush=True)
+def log_update(run: Run, loss: torch.Tensor, q_values: torch.Tensor, **charts: float) -> None:
+    """After a gradient step: every 100, log the loss, the mean Q, `charts` and the SPS. Only then are the loss and
+    Q read back (one read: on a GPU, the other updates never wait for it)."""
+    run.updates, run.charts = run.updates + 1, charts
+    if run.updates % 100 == 0:
+        run.losses = torch.stack([loss.detach(), q_values.detach().mean()]).tolist()  # [TD loss, mean Q]
+        sps = (run.global_step - run.start_step) / (time.perf_counter() - run.start_time)
+        for name, value in {"losses/td_loss": run.losses[0], "losses/q_values": run.losses[1], **{
+                f"charts/{name}": value for name, value in charts.items()}, "charts/SPS": sps}.items():
+            log(run, name, value)
 
-    def finish(self) -> dict:
-        """Restore the signal handlers, write summary.json, close the logs and print the result."""
-        for signum, handler in self.handlers.items():
-            signal.signal(signum, handler)
-        self.status = "finished" if self.status == "running" else self.status
-        returns = self.eval_returns if self.status in ("finished", "target_reached", "evaluated") else None
-        elapsed = time.perf_counter() - self.start_time
-        summary = {"script": SCRIPT, "env_id": self.args.env_id, "seed": self.run_args.seed, "status": self.status,
-                   "global_step": self.global_step, "wall_time_s": round(elapsed, 2),
-                   "sps": round((self.global_step - self.start_step) / elapsed, 1),
-                   "eval_mean": float(np.mean(returns)) if returns else None,
-                   "eval_std": float(np.std(returns)) if returns else None, "eval_returns": returns,
-                   **{f"eval_{name}": value for name, value in (self.eval_metrics(returns) if returns else {}).items()},
-                   "best_eval_mean": self.best_eval_mean if self.best_eval_mean > -math.inf else None,
-                   "replay_size": getattr(getattr(self, "replay", None), "size", None),
-                   "run_dir": str(self.run_dir) if self.run_dir else None,
-                   "signal": signal.Signals(self.signal).name if self.signal else None}
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-        if self.metrics is None:  # nothing was written: evaluation only, or stopped before the run directory
-            return summary
-        try:
-            write_atomically(self.run_dir / "summary.json", lambda file: file.write(json.dumps(summary, indent=2)), "w")
-        except OSError as error:  # a full disk: the run's checkpoints are whole, but its summary is missing
-            if self.status != "failed":  # else said already
-                print(f"error: cannot write {self.run_dir / 'summary.json'}: {error.strerror}", file=sys.stderr)
-            summary["status"] = "failed"
-        with contextlib.suppress(OSError):
-            self.metrics.close()
-            self.tensorboard.close()
-        if self.wandb_run is not None:
-            self.wandb_run.summary.update({k: v for k, v in summary.items() if k != "eval_returns"})
-            self.wandb_run.finish(exit_code=0 if returns else 1)
-        if returns:
-            print(f"\n{self.args.env_id}: final evaluation {np.mean(returns):.2f} ± {np.std(returns):.2f} over "
-                  f"{len(returns)} episodes after {self.global_step:,} steps ({elapsed:.1f} s, {summary['sps']:,.0f} "
-                  "SPS)")
-        print(f"run directory: {self.run_dir}")
+
+def diverged(run: Run, what: str) -> None:
+    if run.status == "running":
+        run.status = "diverged"  # and no checkpoint is written from now on: the last one, still finite, stays
+        print(f"\nerror: {what} at step {run.global_step:,}: the Q-network diverged, most often from a too high "
+              f"--learning-rate {run.args.learning_rate}; the last finite checkpoint is kept", file=sys.stderr)
+
+
+def stop_requested(run: Run) -> bool:
+    """Whether the loop stops after this step: Ctrl-C or SIGTERM came (then the checkpoint is saved at this step,
+    and the resume command printed), the network diverged (a loss or mean Q read at the last logging, or a parameter
+    at the last evaluation, is not finite), or an evaluation reached --target-return."""
+    if not all(map(math.isfinite, run.losses)):  # the TD loss and the mean Q, as read at the last logging
+        diverged(run, f"the TD loss is {run.losses[0]} and the mean Q-value {run.losses[1]}")
+    if run.signal is not None and run.status == "running":
+        if run.run_args.save_model:
+            save_latest(run)  # which finds a network that is not finite, if it is one: then the run has diverged
+        if run.status == "running":
+            run.status, name = "interrupted", signal.Signals(run.signal).name
+            then = f"continue with python {SCRIPT}.py --resume {run.run_dir}" if run.global_step < \
+                run.args.total_timesteps else f"evaluate it with python {SCRIPT}.py --eval-checkpoint {run.run_dir}"
+            print(f"\n{name} at step {run.global_step:,}" + (f": saved, {then}" if run.run_args.save_model else ""),
+                  file=sys.stderr)
+    return run.status != "running"
+
+
+def evaluate_and_save(run: Run) -> None:
+    """Evaluate, log, save checkpoint.pt and best.pt (never a network that is not finite), stop at the target."""
+    video_dir = str(run.run_dir / "videos") if run.run_args.capture_video else None
+    returns = evaluate(run.policy, run.eval_env(video_dir, f"eval-step{run.global_step}"), run.run_args.eval_episodes,
+                       run.run_args.eval_epsilon, run.run_args.seed + 100_000 + run.global_step,
+                       lambda: run.signal is not None)
+    if returns is None:  # a signal came during the evaluation
+        return
+    mean, run.eval_returns = float(np.mean(returns)), returns
+    for name, value in {"episodic_return": mean, "episodic_return_std": float(np.std(returns)),
+                        **run.eval_metrics(returns)}.items():
+        log(run, f"eval/{name}", value)
+    print(f"{run.clear_line}step {run.global_step:>9,}  eval return {mean:9.2f} ± {np.std(returns):7.2f} "
+          f"over {len(returns)} episodes{metrics_text(run)}", flush=True)
+    best, run.best_eval_mean = mean > run.best_eval_mean, max(run.best_eval_mean, mean)
+    if run.run_args.save_model:
+        save_latest(run)
+        if best and run.status == "running":  # (not if the network has diverged)
+            save_checkpoint(run.run_dir / "best.pt", checkpoint_state(run))
+    if run.run_args.target_return is not None and mean >= run.run_args.target_return:
+        run.status = "target_reached"
+        print(f"evaluation mean {mean:.2f} reached --target-return {run.run_args.target_return}: stopping")
+
+
+def metrics_text(run: Run) -> str:  # the eval_metrics of the latest evaluation, for printing
+    return "".join(f", {name} {value:.3g}" for name, value in run.eval_metrics(run.eval_returns).items())
+
+
+def checkpoint_state(run: Run) -> dict:
+    return {"script": SCRIPT, "env_id": run.args.env_id, "args": dataclasses.asdict(run.args),
+            "run_args": dataclasses.asdict(run.run_args), "global_step": run.global_step, "updates": run.updates,
+            "best_eval_mean": run.best_eval_mean, "replay_saved": run.run_args.save_replay,
+            "rng": {"numpy": run.rng.bit_generator.state, "torch": torch.get_rng_state()},
+            "state": {name: thing.state_dict() for name, thing in run.state.items()},
+            "classes": {name: type(thing).__name__ for name, thing in run.state.items()}}
+
+
+def save_latest(run: Run) -> None:
+    """checkpoint.pt, and replay.pt before it (a crash between the two leaves a newer replay, which is ignored); never
+    a network that is not finite: then the run has diverged, and the last finite checkpoint stays."""
+    if not all(torch.isfinite(parameter).all() for thing in run.state.values() if isinstance(thing, nn.Module)
+               for parameter in thing.parameters()):
+        return diverged(run, "a network parameter is not finite")
+    if run.run_args.save_replay:
+        save_checkpoint(run.run_dir / "replay.pt", {"global_step": run.global_step, "replay": run.replay.state_dict()})
+    save_checkpoint(run.run_dir / "checkpoint.pt", checkpoint_state(run))
+
+
+def show_progress(run: Run, total_timesteps: int) -> None:
+    """One progress line: redrawn in place twice a second in a terminal, printed every 15 s into a log file."""
+    if (now := time.perf_counter()) - run.last_print > (0.5 if run.clear_line else 15.0):
+        run.last_print, sps = now, (run.global_step - run.start_step) / (now - run.start_time)
+        charts = "".join(f"  {name} {value:.3g}" for name, value in run.charts.items())
+        recent = f"{np.mean(run.recent_returns):9.2f}" if run.recent_returns else "        -"
+        print(f"{run.clear_line}step {run.global_step:>9,}/{total_timesteps:,}  SPS {sps:7,.0f}{charts}  return "
+              f"(last {len(run.recent_returns):2d}) {recent}", end="" if run.clear_line else "\n", flush=True)
+
+
+def finish_run(run: Run) -> dict:
+    """Restore the signal handlers, write summary.json, close the logs and print the result."""
+    for signum, handler in run.handlers.items():
+        signal.signal(signum, handler)
+    run.status = "finished" if run.status == "running" else run.status
+    returns = run.eval_returns if run.status in ("finished", "target_reached", "evaluated") else None
+    elapsed = time.perf_counter() - run.start_time
+    summary = {"script": SCRIPT, "env_id": run.args.env_id, "seed": run.run_args.seed, "status": run.status,
+               "global_step": run.global_step, "wall_time_s": round(elapsed, 2),
+               "sps": round((run.global_step - run.start_step) / elapsed, 1),
+               "eval_mean": float(np.mean(returns)) if returns else None,
+               "eval_std": float(np.std(returns)) if returns else None, "eval_returns": returns,
+               **{f"eval_{name}": value for name, value in (run.eval_metrics(returns) if returns else {}).items()},
+               "best_eval_mean": run.best_eval_mean if run.best_eval_mean > -math.inf else None,
+               "replay_size": getattr(run.replay, "size", None), "run_dir": str(run.run_dir) if run.run_dir else None,
+               "signal": signal.Signals(run.signal).name if run.signal else None}
+    if run.metrics is None:  # nothing was written: evaluation only, or stopped before the logs were opened
+        if run.lock_fd is not None:
+            os.close(run.lock_fd)
         return summary
+    try:
+        write_atomically(run.run_dir / "summary.json", lambda file: file.write(json.dumps(summary, indent=2)), "w")
+    except OSError as error:  # a full disk: the run's checkpoints are whole, but its summary is missing
+        if run.status != "failed":  # else said already
+            print(f"error: cannot write {run.run_dir / 'summary.json'}: {error.strerror}", file=sys.stderr)
+        summary["status"] = "failed"
+    with contextlib.suppress(OSError):
+        run.metrics.close()
+        run.tensorboard.close()
+    if run.wandb_run is not None:
+        run.wandb_run.summary.update({k: v for k, v in summary.items() if k != "eval_returns"})
+        run.wandb_run.finish(exit_code=0 if returns else 1)
+    if returns:
+        print(f"\n{run.args.env_id}: final evaluation {np.mean(returns):.2f} ± {np.std(returns):.2f} over "
+              f"{len(returns)} episodes after {run.global_step:,} steps ({elapsed:.1f} s, {summary['sps']:,.0f} SPS)")
+    print(f"run directory: {run.run_dir}")
+    os.close(run.lock_fd)  # last: a resume may start now
+    return summary
 
 
 def main(args, run_args: Optional[RunArgs] = None) -> dict:
     """Train, or evaluate a checkpoint; return the summary. Raises ConfigError, writing nothing, on bad settings."""
-    run = Run(args, run_args if run_args is not None else RunArgs(**RUN_DEFAULTS))
+    run = open_run(args, run_args if run_args is not None else RunArgs(**RUN_DEFAULTS))
     try:
         train(args, run)
     except KeyboardInterrupt:  # before the loop, or a second Ctrl-C: what was saved stays as it was
@@ -840,7 +874,7 @@ def main(args, run_args: Optional[RunArgs] = None) -> dict:
         resume = f"; then continue with python {SCRIPT}.py --resume {run.run_dir}" if run.run_dir and (
             run.run_dir / "checkpoint.pt").exists() else ""
         print(f"\nerror: cannot write {where}: {error.strerror or error}{free}{resume}", file=sys.stderr)
-    return run.finish()
+    return finish_run(run)
 
 
 def parse_command_line(argv: Optional[list[str]] = None) -> tuple[Any, RunArgs]:

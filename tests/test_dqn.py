@@ -152,6 +152,20 @@ def test_replay_buffer_samples_batches_of_filled_slots_with_the_dtypes_of_the_up
     assert restored.size == 30 and np.array_equal(restored.actions[:30], buffer.actions[:30])
 
 
+@pytest.mark.parametrize("capacity", [4, 6, 8])
+def test_a_saved_full_replay_loads_into_the_same_or_a_larger_one_and_goes_on_overwriting_the_oldest(capacity):
+    saved = dqn.ReplayBuffer(4, (1,), torch.device("cpu"))
+    for reward in range(6):  # 0..5 into 4 slots: [4, 5, 2, 3], the oldest (2) next to go
+        saved.add(np.full((1, 1), reward), np.zeros((1, 1)), np.zeros(1), np.array([reward]), np.zeros(1))
+    restored = dqn.ReplayBuffer(capacity, (1,), torch.device("cpu"))
+    restored.load_state_dict(saved.state_dict())
+    for reward in (6, 7, 8):
+        restored.add(np.full((1, 1), reward), np.zeros((1, 1)), np.zeros(1), np.array([reward]), np.zeros(1))
+    held = sorted(restored.rewards[:restored.size].tolist())
+    assert held == list(range(9))[-min(capacity, 7):]  # the newest, never a slot that was not written
+    assert np.array_equal(restored.obs[:restored.size, 0], restored.rewards[:restored.size])
+
+
 @pytest.mark.parametrize("num_envs", [1, 3])
 def test_training_loop_stores_only_true_transitions(tmp_path, num_envs):
     """Run the real loop on StepCounter-v0 and check every stored transition: the reset step is never stored,

@@ -257,7 +257,7 @@ def test_non_atari_or_unknown_game_is_a_config_error(env_id, message):
                                                  (dict(noop_max=-1), "--noop-max must be >= 0")])
 def test_inconsistent_settings_are_config_errors(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
-        dqn_atari.Run(*settings(dqn_atari, runs_dir=str(tmp_path), **overrides))
+        dqn_atari.open_run(*settings(dqn_atari, runs_dir=str(tmp_path), **overrides))
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "FooNoFrameskip-v4"])
@@ -276,10 +276,10 @@ def test_checkpoints_of_other_scripts_or_games_are_refused(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"script": "dqn", "env_id": "CartPole-v1", "global_step": 10}, path)
     with pytest.raises(ConfigError, match="not a dqn_atari.py checkpoint"):
-        dqn_atari.Run(*settings(dqn_atari, resume=str(path)))
+        dqn_atari.open_run(*settings(dqn_atari, resume=str(path)))
     torch.save({"script": "dqn_atari", "env_id": "BreakoutNoFrameskip-v4", "global_step": 10}, path)
     with pytest.raises(ConfigError, match="trained on BreakoutNoFrameskip-v4"):
-        dqn_atari.Run(*settings(dqn_atari, eval_checkpoint=str(path)))
+        dqn_atari.open_run(*settings(dqn_atari, eval_checkpoint=str(path)))
 
 
 def read_metrics(path: Path) -> list[dict]:

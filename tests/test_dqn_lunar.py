@@ -77,7 +77,7 @@ def test_dqn_lunar_differs_from_dqn_only_by_defaults_docstring_and_the_landing_r
 def test_defaults_are_lunar_lander_and_pass_the_checks(tmp_path):
     args, run_args = settings(dqn_lunar, runs_dir=str(tmp_path))
     assert args.env_id == "LunarLander-v3" and run_args.eval_episodes == 20 and run_args.eval_frequency == 25_000
-    dqn_lunar.Run(args, run_args)  # raises on a setting it cannot use
+    dqn_lunar.open_run(args, run_args)  # raises on a setting it cannot use
 
 
 def test_smoke_run_logs_the_landing_rate_with_every_evaluation(trained_run):

@@ -40,7 +40,7 @@ def loadable_step(run_dir: Path) -> int:
 def test_a_run_name_cannot_place_files_outside_the_runs_dir(tmp_path):
     for name in ["../escape", "a/b", "", ".."]:
         with pytest.raises(dqn.ConfigError, match="--exp-name must be a name, not a path"):
-            dqn.Run(*settings(dqn, exp_name=name, runs_dir=str(tmp_path / "runs")))
+            dqn.open_run(*settings(dqn, exp_name=name, runs_dir=str(tmp_path / "runs")))
     summary = train(dqn, exp_name="..x", total_timesteps=600,
                     learning_starts=500, eval_frequency=600, eval_episodes=1, runs_dir=str(tmp_path / "runs"))
     assert Path(summary["run_dir"]).parent == tmp_path / "runs"
@@ -203,6 +203,56 @@ def test_a_finished_run_says_so_and_a_checkpoint_copied_out_of_its_run_resumes_t
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "copy" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 2500
+
+
+def test_a_checkpoint_without_the_network_to_evaluate_is_refused_not_scored_at_random(saved, tmp_path):
+    checkpoint = copy.deepcopy(saved)
+    checkpoint["state"] = {}
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    with pytest.raises(dqn.ConfigError, match="does not fit these settings"):
+        dqn.main(*dqn.parse_command_line(["--eval-checkpoint", str(tmp_path / "checkpoint.pt")]))
+
+
+def test_a_metrics_file_cut_short_by_a_crash_does_not_stop_a_resume(saved, tmp_path):
+    run_dir = Path(train(dqn, **SHORT, runs_dir=str(tmp_path))["run_dir"])
+    with open(run_dir / "metrics.csv", "a") as metrics:
+        metrics.write("\n2100,17966")  # an empty line, then a row cut short
+    summary = train(dqn, **SHORT | dict(total_timesteps=2500, eval_episodes=1), resume=str(run_dir))
+    assert summary["status"] == "finished"
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert "2100,17966" not in rows and all(len(row.split(",")) == 4 for row in rows)
+
+
+def test_a_signal_after_the_network_diverged_saves_nothing_and_the_run_says_it_diverged(tmp_path, monkeypatch):
+    log_update = dqn.log_update
+
+    def log_then_signal(run, *args, **kwargs):  # a SIGTERM at the 50th update, before the first logging reads a loss
+        log_update(run, *args, **kwargs)
+        if run.updates == 50:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(dqn, "log_update", log_then_signal)
+    summary = train(dqn, learning_rate=1e30, total_timesteps=20000, learning_starts=500, eval_frequency=400,
+                    eval_episodes=1, runs_dir=str(tmp_path))
+    assert summary["status"] == "diverged"
+    checkpoint = torch.load(Path(summary["run_dir"]) / "checkpoint.pt", weights_only=True)
+    assert checkpoint["global_step"] == 400  # the last one before learning, finite
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state"]["q_network"].values())
+
+
+def test_a_signal_in_the_final_evaluation_says_how_to_evaluate_the_saved_network(tmp_path, monkeypatch, capsys):
+    evaluate = dqn.evaluate
+
+    def signal_then_evaluate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(dqn, "evaluate", signal_then_evaluate)
+    summary = train(dqn, total_timesteps=1000, learning_starts=500, eval_frequency=1000, eval_episodes=1,
+                    runs_dir=str(tmp_path))
+    assert summary["status"] == "interrupted"
+    assert f"saved, evaluate it with python dqn.py --eval-checkpoint {summary['run_dir']}" in capsys.readouterr().err
+    assert loadable_step(Path(summary["run_dir"])) == 1000
 
 
 # ----------------------------------------------------------------------------------- one run directory, one process

@@ -54,8 +54,9 @@ def test_each_script_keeps_its_line_budget(script):
     algorithm, harness = split_at_marker(script)
     budget = BUDGETS[script]
     assert len(algorithm) <= budget, f"{script}: {len(algorithm)} lines above the harness, budget {budget}"
-    # 450 until the fault handling of issue 36 (writes tried, full disks, untrusted checkpoints, the run's lock) came
-    assert len(harness) <= 587, f"the harness has {len(harness)} lines, budget 587"
+    # 450 until the fault handling of issue 36 (writes tried, full disks, untrusted checkpoints, the run's lock) came;
+    # 585 until the class Run became functions of one job each (issue 38), which cost the `run.` of every access
+    assert len(harness) <= 620, f"the harness has {len(harness)} lines, budget 620"
     assert max(len(line.rstrip("\n")) for line in algorithm + harness) <= 120
 
 
@@ -94,7 +95,7 @@ def test_every_float_setting_must_be_finite(script, value, tmp_path):
     assert {"learning_rate", "gamma", "tau", "eval_epsilon", "target_return", "max_grad_norm"} <= set(names)
     for name in names:
         with pytest.raises(module.ConfigError, match=f"--{name.replace('_', '-')} must be a finite number"):
-            module.Run(*settings(module, runs_dir=str(tmp_path / "runs"), **{name: value}))
+            module.open_run(*settings(module, runs_dir=str(tmp_path / "runs"), **{name: value}))
     assert not (tmp_path / "runs").exists()
 
 
@@ -125,19 +126,18 @@ def test_a_runs_dir_that_cannot_be_written_is_refused_with_the_reason_and_nothin
     for runs_dir, why in [(tmp_path / "a_file" / "runs", "not a directory"), (tmp_path / "a_file", "it is a file"),
                           (Path("/proc/no/such/place"), "no such file or directory")]:  # /proc: root cannot either
         with pytest.raises(dqn.ConfigError, match=f"--runs-dir '{runs_dir}' cannot be written: {why}"):
-            dqn.Run(*settings(dqn, runs_dir=str(runs_dir)))
-    dqn.Run(*settings(dqn, runs_dir=str(tmp_path / "new" / "runs")))  # tried by making it: then removed again
+            dqn.open_run(*settings(dqn, runs_dir=str(runs_dir)))
+    dqn.open_run(*settings(dqn, runs_dir=str(tmp_path / "new" / "runs")))  # tried by making it: then removed again
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]
 
 
 def test_a_replay_larger_than_the_free_memory_is_refused_before_it_is_allocated(tmp_path):
-    run = dqn.Run(*settings(dqn, runs_dir=str(tmp_path)))
     with open("/proc/meminfo") as meminfo:
         free = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    run.check_memory(int(0.5 * free), "--buffer-size")  # fits
+    dqn.check_memory(int(0.5 * free), "--buffer-size")  # fits
     with pytest.raises(dqn.ConfigError, match=r"needs [\d,.]+ GB and the machine has [\d,.]+ GB available: lower "
                                               r"--buffer-size"):
-        run.check_memory(int(0.9 * free), "--buffer-size")  # would fit, but leave nothing for the rest
+        dqn.check_memory(int(0.9 * free), "--buffer-size")  # would fit, but leave nothing for the rest
     # a CartPole replay of 0.9 x the free memory: refused with no numpy allocation, nothing written
     transitions = int(0.9 * free) // dqn.ReplayBuffer.bytes_needed(1, (4,))
     with pytest.raises(dqn.ConfigError, match="the replay buffer needs"):
@@ -150,10 +150,10 @@ def test_a_frame_ring_too_small_for_n_step_transitions_is_refused(tmp_path):
 
     with pytest.raises(ddp.ConfigError, match="too small for 1 envs: with --n-step 3, each env's part of the replay "
                                               "needs at least 8 slots"):
-        ddp.Run(*settings(ddp, env_id="PongNoFrameskip-v4", n_step=3, buffer_size=7, batch_size=4, learning_starts=4,
-                          runs_dir=str(tmp_path)))
-    ddp.Run(*settings(ddp, env_id="PongNoFrameskip-v4", n_step=3, buffer_size=8, batch_size=4, learning_starts=4,
-                      runs_dir=str(tmp_path)))
+        ddp.open_run(*settings(ddp, env_id="PongNoFrameskip-v4", n_step=3, buffer_size=7, batch_size=4,
+                               learning_starts=4, runs_dir=str(tmp_path)))
+    ddp.open_run(*settings(ddp, env_id="PongNoFrameskip-v4", n_step=3, buffer_size=8, batch_size=4, learning_starts=4,
+                           runs_dir=str(tmp_path)))
 
 
 @pytest.fixture(scope="module")
