@@ -19,8 +19,6 @@ threshold (the median over seeds, and each seed's). Only finished runs count (su
 "partial", their "final" value being the last evaluation in their metrics.csv.
 """
 
-import argparse
-import csv
 import json
 import math
 import re
@@ -30,17 +28,18 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import scipy.stats  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from script_runs import REPO_ROOT, read_json  # noqa: E402
+from script_runs import REPO_ROOT, ScriptError, cli, read_json  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -133,16 +132,14 @@ class Group:
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:
-    rows: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-    with open(path, newline="") as file:
-        for row in csv.reader(file):
-            if len(row) != 4 or row[0] == "global_step":
-                continue  # the header, or a last row cut short by a crash
-            try:
-                rows[row[2]].append((float(row[0]), float(row[1]), float(row[3])))
-            except ValueError:
-                continue
-    return {name: np.array(values) for name, values in rows.items()}
+    """{name: [N, 3] rows (global_step, wall_time, value)}; a last row cut short by a crash is dropped."""
+    try:
+        frame = pd.read_csv(path, on_bad_lines="skip", dtype=str)
+    except pd.errors.EmptyDataError:
+        return {}
+    numbers = frame[["global_step", "wall_time", "value"]].apply(pd.to_numeric, errors="coerce")
+    frame = numbers.assign(name=frame["name"]).dropna()
+    return {name: rows[["global_step", "wall_time", "value"]].to_numpy(float) for name, rows in frame.groupby("name")}
 
 
 def load_runs(runs_dirs: list[Path]) -> list[Run]:
@@ -181,10 +178,7 @@ def group_runs(runs: list[Run], include_unfinished: bool) -> list[Group]:
 
 def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     """Mean of the last `window` values at each position (fewer at the start)."""
-    sums = np.cumsum(np.insert(values, 0, 0.0))
-    ends = np.arange(1, len(values) + 1)
-    starts = np.maximum(ends - window, 0)
-    return (sums[ends] - sums[starts]) / (ends - starts)
+    return pd.Series(values, dtype=float).rolling(window, min_periods=1).mean().to_numpy()
 
 
 def bootstrap(score_dict: dict, func, reps: int) -> tuple[dict, dict]:
@@ -453,34 +447,39 @@ def table(groups: list[Group], envs: list[str]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+@dataclass
+class Args:
+    runs_dir: tuple[str, ...] = (str(REPO_ROOT / "benchmarks" / "runs"),)
+    """folders holding the run directories, searched recursively"""
+    out_dir: Optional[str] = None
+    """where to write NAME.png, NAME.svg and NAME.md (None: the first --runs-dir)"""
+    name: str = "benchmark"
+    """file name of the outputs"""
+    envs: tuple[str, ...] = ()
+    """envs to show, in this order (none given: all, sorted)"""
+    exp_names: tuple[str, ...] = ()
+    """exp names (scripts' stems by default) to show (none given: all)"""
+    metric: str = "charts/episodic_return"
+    """metric to draw (also eval/episodic_return)"""
+    smooth: int = 10
+    """each seed's curve is the mean of its last SMOOTH values (episodes)"""
+    band: Literal["std", "minmax", "iqm"] = "std"
+    """line and band: the mean with ±1 standard deviation (std) or min to max (minmax) over seeds, or the
+    interquartile mean with its 95% stratified-bootstrap interval (iqm)"""
+    include_unfinished: bool = False
+    """also draw and tabulate runs that have not finished, marked partial"""
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/plot.py", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs-dir", nargs="+", default=[str(REPO_ROOT / "benchmarks" / "runs")],
-                        help="folders holding the run directories, searched recursively (default: benchmarks/runs)")
-    parser.add_argument("--out-dir", help="where to write NAME.png, NAME.svg and NAME.md (default: the first "
-                                          "--runs-dir)")
-    parser.add_argument("--name", default="benchmark", help="file name of the outputs (default: benchmark)")
-    parser.add_argument("--envs", nargs="+", help="envs to show, in this order (default: all, sorted)")
-    parser.add_argument("--exp-names", nargs="+", help="exp names (scripts' stems by default) to show (default: all)")
-    parser.add_argument("--metric", default="charts/episodic_return",
-                        help="metric to draw (default: charts/episodic_return; also eval/episodic_return)")
-    parser.add_argument("--smooth", type=int, default=10,
-                        help="each seed's curve is the mean of its last SMOOTH values (episodes) (default: 10)")
-    parser.add_argument("--band", choices=["std", "minmax", "iqm"], default="std",
-                        help="line and band: the mean over seeds with ±1 standard deviation (std) or with min to max "
-                             "(minmax), or the interquartile mean with its 95%% stratified-bootstrap interval (iqm) "
-                             "(default: std)")
-    parser.add_argument("--include-unfinished", action="store_true",
-                        help="also draw and tabulate runs that have not finished, marked partial")
-    args = parser.parse_args(argv)
-    if args.smooth < 1:
-        parser.error(f"--smooth must be >= 1 (got {args.smooth})")
-    runs_dirs = [Path(path) for path in args.runs_dir]
-    missing = [str(path) for path in runs_dirs if not path.is_dir()]
-    if missing:
-        print(f"error: no such folder: {', '.join(missing)}", file=sys.stderr)
+    try:
+        args = cli(Args, argv, "benchmarks/plot.py", __doc__)
+        runs_dirs = [Path(path) for path in args.runs_dir]
+        if args.smooth < 1:
+            raise ScriptError(f"--smooth must be >= 1 (got {args.smooth})")
+        if missing := [str(path) for path in runs_dirs if not path.is_dir()]:
+            raise ScriptError(f"no such folder: {', '.join(missing)}")
+    except ScriptError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     groups = group_runs(load_runs(runs_dirs), args.include_unfinished)
     if args.envs:

@@ -52,6 +52,29 @@ def check_writable(folder: Path, what: str) -> None:
                 path.rmdir()
 
 
+def one_line(message: str) -> str:
+    """tyro's boxed error message (a title line, a rule, the reason maybe wrapped over lines, a rule) as one line."""
+    lines = [line.strip(" │╭╮╰╯─-") for line in message.splitlines()][1:]
+    while lines and not lines[0]:
+        lines.pop(0)
+    return " ".join(lines[:(lines + [""]).index("")]).replace(" .", ".") or "the flags do not parse"
+
+
+def cli(kind, argv: list[str], prog: str, description: str):
+    """A tool's command line parsed by tyro (`--help` as tyro prints it); ScriptError with tyro's reason in one line
+    when it does not parse."""
+    import tyro
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(kind, args=argv, prog=prog, description=description)
+    except SystemExit as exit:
+        if not exit.code:
+            raise
+        raise ScriptError(one_line(captured.getvalue())) from None
+
+
 def base_type(annotation) -> type:
     """int, float, str, bool or tuple for a field annotation; Optional[X] is X, Literal[...] is its items' type."""
     origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
@@ -94,12 +117,7 @@ class Script:
             with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
                 return self.module.parse_command_line(argv)
         except SystemExit:
-            # tyro's message: a title line, a rule, the reason (maybe wrapped over lines), a rule
-            lines = [line.strip(" │╭╮╰╯─-") for line in captured.getvalue().splitlines()][1:]
-            while lines and not lines[0]:
-                lines.pop(0)
-            reason = " ".join(lines[:(lines + [""]).index("")]).replace(" .", ".") or "the flags do not parse"
-            raise ScriptError(f"{self.name} rejects `{shlex.join(argv)}`: {reason}") from None
+            raise ScriptError(f"{self.name} rejects `{shlex.join(argv)}`: {one_line(captured.getvalue())}") from None
 
     def check(self, argv: list[str]) -> None:
         """Parse `argv` and run the script's own checks of its settings; ScriptError on a problem."""
