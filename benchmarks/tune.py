@@ -45,6 +45,7 @@ import optuna
 import scipy.stats
 import sqlalchemy
 import tyro
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 import cluster
@@ -180,28 +181,19 @@ def load_tuned_script(given: str) -> Script:
     return load_script(given, path)
 
 
-@dataclass(frozen=True)
-class Distribution:
-    """One searched flag: `log` (log-uniform), `uniform`, or `choice` among values."""
+def spec(distribution: BaseDistribution) -> str:
+    """An Optuna distribution in the syntax of --space: log:LOW:HIGH, uniform:LOW:HIGH or choice:A,B,C."""
+    if isinstance(distribution, CategoricalDistribution):
+        return "choice:" + ",".join(str(choice) for choice in distribution.choices)
+    return f"{'log' if distribution.log else 'uniform'}:{distribution.low:g}:{distribution.high:g}"
 
-    flag: str
-    kind: Literal["log", "uniform", "choice"]
-    field_type: type
-    low: float = 0.0
-    high: float = 0.0
-    choices: tuple = ()
 
-    def suggest(self, trial: optuna.Trial):
-        if self.kind == "choice":
-            return trial.suggest_categorical(self.flag, self.choices)
-        if self.field_type is int:
-            return trial.suggest_int(self.flag, int(self.low), int(self.high), log=self.kind == "log")
-        return trial.suggest_float(self.flag, self.low, self.high, log=self.kind == "log")
-
-    def spec(self) -> str:
-        if self.kind == "choice":
-            return "choice:" + ",".join(str(choice) for choice in self.choices)
-        return f"{self.kind}:{self.low:g}:{self.high:g}"
+def suggest(trial: optuna.Trial, flag: str, distribution: BaseDistribution):
+    """The trial's value of a searched flag, sampled from its distribution (Optuna's suggest_* API)."""
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(flag, distribution.choices)
+    number = trial.suggest_int if isinstance(distribution, IntDistribution) else trial.suggest_float
+    return number(flag, distribution.low, distribution.high, log=distribution.log)
 
 
 def parse_value(text: str, field_type: type, where: str):
@@ -227,18 +219,18 @@ def parse_value(text: str, field_type: type, where: str):
         raise TuneError(f"{where}: {text!r} is not {kind}") from None
 
 
-def parse_distribution(flag: str, spec: str, script: Script) -> Distribution:
-    """Parse `log:LOW:HIGH`, `uniform:LOW:HIGH` or `choice:A,B,C` for a flag of `script`."""
-    where = f"--space {flag}={spec}"
+def parse_distribution(flag: str, text: str, script: Script) -> BaseDistribution:
+    """The Optuna distribution of `log:LOW:HIGH`, `uniform:LOW:HIGH` or `choice:A,B,C` for a flag of `script`."""
+    where = f"--space {flag}={text}"
     field_type = script.field_types[flag.replace("-", "_")]
-    kind, _, rest = spec.partition(":")
+    kind, _, rest = text.partition(":")
     if kind == "choice":
         choices = tuple(parse_value(item.strip(), field_type, where) for item in rest.split(",") if item.strip())
         if not choices:
             raise TuneError(f"{where}: choice needs at least one value")
         if len(set(choices)) != len(choices):
             raise TuneError(f"{where}: a value appears twice")
-        return Distribution(flag, "choice", field_type, choices=choices)
+        return CategoricalDistribution(choices)
     if kind not in ("log", "uniform"):
         raise TuneError(f"{where}: SPEC must be log:LOW:HIGH, uniform:LOW:HIGH or choice:A,B,C")
     if field_type not in (int, float):
@@ -251,10 +243,11 @@ def parse_distribution(flag: str, spec: str, script: Script) -> Distribution:
         raise TuneError(f"{where}: LOW must be below HIGH")
     if kind == "log" and low <= 0:
         raise TuneError(f"{where}: a log range needs LOW > 0")
-    return Distribution(flag, kind, field_type, float(low), float(high))
+    number = IntDistribution if field_type is int else FloatDistribution
+    return number(low, high, log=kind == "log")
 
 
-def first_trial(pairs: tuple[str, ...], space: dict[str, Distribution]) -> dict:
+def first_trial(pairs: tuple[str, ...], space: dict[str, BaseDistribution], script: Script) -> dict:
     """--enqueue's NAME=VALUE pairs as trial parameters, each a value its distribution can take."""
     params = {}
     for pair in pairs:
@@ -263,11 +256,11 @@ def first_trial(pairs: tuple[str, ...], space: dict[str, Distribution]) -> dict:
         if flag not in space:
             raise TuneError(f"{where}: {flag} is not a searched flag ({', '.join(space)})")
         distribution = space[flag]
-        value = parse_value(text.strip(), distribution.field_type, where)
-        if distribution.kind == "choice" and value not in distribution.choices:
-            raise TuneError(f"{where}: not one of {distribution.spec()}")
-        if distribution.kind != "choice" and not distribution.low <= value <= distribution.high:
-            raise TuneError(f"{where}: outside {distribution.spec()}")
+        value = parse_value(text.strip(), script.field_types[flag.replace("-", "_")], where)
+        if isinstance(distribution, CategoricalDistribution) and value not in distribution.choices:
+            raise TuneError(f"{where}: not one of {spec(distribution)}")
+        if not isinstance(distribution, CategoricalDistribution) and not distribution.low <= value <= distribution.high:
+            raise TuneError(f"{where}: outside {spec(distribution)}")
         params[flag] = value
     return params
 
@@ -290,7 +283,7 @@ def check_fixed_flags(fixed: list[str], script: Script) -> None:
 
 
 def build_space(script: Script, overrides: tuple[str, ...],
-                fixed: list[str]) -> tuple[dict[str, Distribution], list[str]]:
+                fixed: list[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
     """The script's default space, with the --space overrides, less the flags fixed after `--`; and notes to print."""
     notes = []
     known = script.name if script.name in SEARCH_SPACES else "dqn.py"
@@ -329,12 +322,10 @@ def flag_argv(flag: str, value, field_type: type) -> list[str]:
     return [f"--{flag}", repr(value) if isinstance(value, float) else str(value)]
 
 
-def params_argv(params: dict, space: dict[str, Distribution]) -> list[str]:
-    argv: list[str] = []
-    for flag, value in params.items():
-        argv += flag_argv(flag, value, space[flag].field_type if flag in space else type(value))
-    return argv
-
+def params_argv(params: dict, script: Script) -> list[str]:
+    """A trial's parameters as the script's flags."""
+    return [token for flag, value in params.items()
+            for token in flag_argv(flag, value, script.field_types.get(flag.replace("-", "_"), str))]
 
 
 def without_passwords(text: str) -> str:
@@ -411,7 +402,7 @@ class Worker:
 
     args: Args
     script: Script
-    space: dict[str, Distribution]
+    space: dict[str, BaseDistribution]
     fixed: list[str]
     study: optuna.Study
     study_dir: Path
@@ -421,7 +412,7 @@ class Worker:
     quiet_trial: Optional[int] = None  # a trial whose failure this worker has explained itself
 
     def trial_argv(self, params: dict, run_dir: Path, seed: int) -> list[str]:
-        argv = [*self.fixed, *params_argv(params, self.space), "--seed", str(seed), "--runs-dir", str(run_dir)]
+        argv = [*self.fixed, *params_argv(params, self.script), "--seed", str(seed), "--runs-dir", str(run_dir)]
         fixed = set(flag_names(self.fixed))
         if self.script.has_flag("save-model") and not {"save-model", "no-save-model"} & fixed:
             argv.append("--no-save-model")  # checkpoints of every trial would fill the disk
@@ -442,7 +433,7 @@ class Worker:
             trial.set_user_attr("skipped", "the study's trial budget was taken by other workers; not run")
             raise BudgetReached()
 
-        params = {flag: distribution.suggest(trial) for flag, distribution in self.space.items()}
+        params = {flag: suggest(trial, flag, distribution) for flag, distribution in self.space.items()}
         trial_dir = self.study_dir / f"trial_{trial.number:04d}"
         if trial_dir.exists():  # a study of the same name was deleted and made again
             trial_dir = trial_dir.with_name(f"{trial_dir.name}_{int(time.time())}")
@@ -635,10 +626,7 @@ def best_result(study: optuna.Study, worker: Worker, shown_storage: str) -> Opti
     if count[TrialState.COMPLETE] == 0:
         return None
     best = study.best_trial
-    argv = [*worker.fixed,
-            *[token for flag, value in best.params.items()
-              for token in flag_argv(flag, value, worker.script.field_types.get(flag.replace("-", "_"), str))],
-            "--seed", str(worker.args.seed)]
+    argv = [*worker.fixed, *params_argv(best.params, worker.script), "--seed", str(worker.args.seed)]
     return {"study": study.study_name, "storage": shown_storage, "script": worker.script.given,
             "objective": worker.args.objective, "value": best.value, "trial": best.number, "params": best.params,
             "seeds": [worker.args.seed + k for k in range(worker.args.seeds_per_trial)],
@@ -656,7 +644,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
     script = load_tuned_script(args.script)
     check_fixed_flags(fixed, script)
     space, notes = build_space(script, args.space, fixed)
-    enqueued = first_trial(args.enqueue, space)
+    enqueued = first_trial(args.enqueue, space, script)
     defaults, _ = script.parse(fixed)
     total_timesteps = int(defaults.total_timesteps)
     study_name = name_of_study(args, script, defaults)
@@ -665,7 +653,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
         check_writable(Path(args.output).parent, "--output's folder")
     storage = open_storage(args.storage)
     shown_storage, _ = storage_settings(args.storage)
-    config = {"script": script.name, "fixed": fixed, "space": {flag: d.spec() for flag, d in space.items()},
+    config = {"script": script.name, "fixed": fixed, "space": {flag: spec(d) for flag, d in space.items()},
               "objective": args.objective, "seed": args.seed, "seeds_per_trial": args.seeds_per_trial,
               "aggregate": args.aggregate}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -682,7 +670,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
           f"{total_timesteps:,} steps each, maximizing {args.objective}" + (
               f" ({args.aggregate} over {args.seeds_per_trial} seeds a trial)" if args.seeds_per_trial > 1 else ""))
     for flag, distribution in space.items():
-        print(f"  --{flag:<26} {distribution.spec()}")
+        print(f"  --{flag:<26} {spec(distribution)}")
     for note in notes:
         print(f"  ({note})")
     try:
@@ -763,16 +751,9 @@ def submit_workers(args: Args, fixed: list[str]) -> int:
         print(f"worker {number}: Slurm job {jobs[-1].id}, output in {logs[0]}", flush=True)
     failed = 0
     try:
-        running = list(jobs)
-        while running:
-            for job in list(running):
-                done, code, how = job.poll()
-                if done:
-                    running.remove(job)
-                    failed += code != 0
-                    print(f"Slurm job {job.id} ended: " + (f"exit status {code}" if code is not None else how),
-                          flush=True)
-            time.sleep(1.0)
+        for job, code, how in cluster.as_ended(jobs):
+            failed += code != 0
+            print(f"Slurm job {job.id} ended: " + (f"exit status {code}" if code is not None else how), flush=True)
     except KeyboardInterrupt:
         for job in jobs:
             job.stop()
