@@ -20,24 +20,16 @@ the CPU times.
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.timing import per_call  # noqa: E402
 from double_dueling_per_dqn import PrioritizedSampler  # noqa: E402
 
 ALPHA, BETA, EPSILON = 0.6, 0.4, 1e-6
-
-
-def time_per_operation(operation, repeats: int) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) per call of `operation`, averaged over `repeats` calls."""
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(repeats):
-        operation()
-    return (time.process_time() - cpu) / repeats, (time.perf_counter() - wall) / repeats
 
 
 def main() -> None:
@@ -75,7 +67,7 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
     for round_index in range(options.rounds):
         for name, (operation, repeats) in contenders.items():
-            results[name].append(time_per_operation(operation, repeats))
+            results[name].append(per_call(operation, repeats, repeats=1, warmup=0))
         print(f"round {round_index + 1}/{options.rounds}: " + ", ".join(
             f"{name} {runs[-1][0] * 1e6:,.0f} us" for name, runs in results.items()), flush=True)
     print(f"\nsample {batch_size} + update their priorities, full buffer of {n:,} transitions "

@@ -44,7 +44,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -57,25 +56,17 @@ import torch.nn.functional as F  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import dqn  # noqa: E402
-from benchmarks.cleanrl_subprocess import command_from_option, timed_run  # noqa: E402
+from benchmarks.timing import command_from_option, learning_phase_sps, per_call, timed_run  # noqa: E402
 
 EXPLORATION_STEPS = 10_000  # epsilon reaches 0.05 when learning starts: the timed steps are the steady learning phase
 CLEANRL = dict(hidden_sizes=(120, 84), batch_size=128, train_frequency=10, target_network_frequency=500,
                buffer_size=10_000, learning_starts=10_000, learning_rate=2.5e-4, end_e=0.05, gamma=0.99, tau=1.0)
 
 
-def per_call_us(function, calls: int, repeats: int = 5) -> float:
-    """Best-of-`repeats` mean CPU time of one call in microseconds (CPU time, like the minimum, is what an idle
-    machine would show; the process runs one thread)."""
-    for _ in range(min(calls, 200)):
-        function()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        for _ in range(calls):
-            function()
-        best = min(best, (time.process_time() - start) / calls * 1e6)
-    return best
+def per_call_us(function, calls: int) -> float:
+    """Best-of-5 mean CPU time of one call in microseconds (CPU time, like the minimum, is what an idle machine would
+    show; the process runs one thread)."""
+    return per_call(function, calls, repeats=5, warmup=min(calls, 200))[0] * 1e6
 
 
 def floor_components() -> dict:
@@ -224,19 +215,6 @@ def cleanrl_run(command: list[str], total_timesteps: int, runs_dir: str) -> tupl
     seconds, the CPU time read from the finished child's resource usage."""
     return timed_run(command, ["--total-timesteps", str(total_timesteps), "--exploration-fraction",
                                str(EXPLORATION_STEPS / total_timesteps), "--no-cuda", "--seed", "1"], runs_dir)
-
-
-def learning_phase_sps(run, short: int, long: int) -> tuple[float, float]:
-    """Steps per second of the steps between `short` and `long`, by wall time and by CPU time: run the contender for
-    both lengths and divide the extra steps by the extra time, which cancels set-up, the random-play warm-up before
-    learning starts, and the final evaluation. With one thread, CPU time is what the wall time would be on an idle
-    machine, so the CPU figure holds on a busy machine too."""
-    times = {}
-    for steps in (short, long):
-        wall, cpu = time.perf_counter(), time.process_time()
-        child_times = run(steps)  # a subprocess contender returns its own (wall, CPU) seconds
-        times[steps] = child_times or (time.perf_counter() - wall, time.process_time() - cpu)
-    return ((long - short) / (times[long][0] - times[short][0]), (long - short) / (times[long][1] - times[short][1]))
 
 
 def main() -> None:

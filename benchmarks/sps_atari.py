@@ -48,7 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dqn_atari  # noqa: E402
-from benchmarks.cleanrl_subprocess import command_from_option, timed_run  # noqa: E402
+from benchmarks.timing import command_from_option, learning_phase_sps, per_call, timed_run  # noqa: E402
 from dqn_atari import FrameReplayBuffer, QNetwork, make_env, td_target  # noqa: E402
 
 ENV_ID = "PongNoFrameskip-v4"
@@ -57,16 +57,8 @@ LEARNING_STARTS = 1000  # the timed steps come after it
 
 def per_call_ms(function, calls: int, repeats: int = 3) -> tuple[float, float]:
     """(CPU ms, wall ms) of one call: the best of `repeats` means over `calls` calls, after a warm-up."""
-    for _ in range(min(calls, 5)):
-        function()
-    best_cpu = best_wall = float("inf")
-    for _ in range(repeats):
-        cpu, wall = time.process_time(), time.perf_counter()
-        for _ in range(calls):
-            function()
-        best_cpu = min(best_cpu, (time.process_time() - cpu) / calls * 1e3)
-        best_wall = min(best_wall, (time.perf_counter() - wall) / calls * 1e3)
-    return best_cpu, best_wall
+    cpu, wall = per_call(function, calls, repeats, warmup=min(calls, 5))
+    return cpu * 1e3, wall * 1e3
 
 
 def filled_replay(steps: int, capacity: int = 10_000, num_envs: int = 1,
@@ -149,17 +141,15 @@ def section_floor() -> dict:
             "wall": {"env_step_ms": env_wall, "act_forward_ms": act_wall, "update_ms": update_wall}}
 
 
-def timed_main(total_timesteps: int, num_envs: int) -> tuple[float, float]:
-    """(wall s, CPU s) of a whole dqn_atari.main() run at the default settings, except its length, an early start of
-    learning, epsilon at its end value throughout, and a single one-game evaluation at the end."""
+def timed_main(total_timesteps: int, num_envs: int) -> None:
+    """A whole dqn_atari.main() run at the default settings, except its length, an early start of learning, epsilon at
+    its end value throughout, and a single one-game evaluation at the end."""
     with tempfile.TemporaryDirectory() as runs_dir, contextlib.redirect_stdout(io.StringIO()):
         args = dqn_atari.Args(env_id=ENV_ID, learning_starts=LEARNING_STARTS, exploration_fraction=0.0,
                               total_timesteps=total_timesteps, num_envs=num_envs)
         run_args = dqn_atari.RunArgs(torch_threads=1, eval_frequency=10**9, eval_episodes=1, eval_epsilon=0.05,
                                      save_model=False, runs_dir=runs_dir)
-        wall, cpu = time.perf_counter(), time.process_time()
         dqn_atari.main(args, run_args)
-        return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def timed_cleanrl(command: list[str], total_timesteps: int) -> tuple[float, float]:
@@ -173,10 +163,8 @@ def timed_cleanrl(command: list[str], total_timesteps: int) -> tuple[float, floa
 
 def section_main(num_envs: int, short: int, long: int, timed=None) -> dict:
     timed = timed or (lambda total_timesteps: timed_main(total_timesteps, num_envs))
-    short_wall, short_cpu = timed(LEARNING_STARTS + short)
-    long_wall, long_cpu = timed(LEARNING_STARTS + long)
-    return {"num_envs": num_envs, "timed_steps": long - short, "sps_cpu": (long - short) / (long_cpu - short_cpu),
-            "sps_wall": (long - short) / (long_wall - short_wall)}
+    sps_wall, sps_cpu = learning_phase_sps(timed, LEARNING_STARTS + short, LEARNING_STARTS + long)
+    return {"num_envs": num_envs, "timed_steps": long - short, "sps_cpu": sps_cpu, "sps_wall": sps_wall}
 
 
 def section_options(rounds: int, compile_too: bool, slow_too: bool = True) -> list[dict]:

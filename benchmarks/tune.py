@@ -746,7 +746,8 @@ def submit_workers(args: Args, fixed: list[str]) -> int:
     argv = [*worker_argv(args), "--", *fixed]
     jobs = []
     for number in range(args.workers):
-        logs = [folder / f"worker_{time.strftime('%Y%m%d-%H%M%S')}_{number}.{name}.log" for name in ("stdout", "stderr")]
+        stem = f"worker_{time.strftime('%Y%m%d-%H%M%S')}_{number}"
+        logs = [folder / f"{stem}.{name}.log" for name in ("stdout", "stderr")]
         jobs.append(cluster.SlurmJob(executor, Path(__file__).resolve(), argv, *logs, args.threads))
         print(f"worker {number}: Slurm job {jobs[-1].id}, output in {logs[0]}", flush=True)
     failed = 0
