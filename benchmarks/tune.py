@@ -424,7 +424,8 @@ class Worker:
         self.current_number, self.quiet_trial, self.last_outcome = trial.number, None, "failed"
         # Budget: the trials numbered before this one that are finished, running or queued are the ones that will
         # count; trial numbers are given out in order under a lock by the storage, so exactly one worker takes the
-        # last slot even when two ask at the same moment.
+        # last slot even when two ask at the same moment. (Optuna's MaxTrialsCallback stops a worker only after a
+        # trial ends, so workers that start together overshoot the budget; hence this check.)
         ahead = sum(1 for other in self.study.get_trials(deepcopy=False)
                     if other.number < trial.number
                     and other.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING))
