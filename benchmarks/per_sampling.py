@@ -17,13 +17,14 @@ in CPU time of this process (robust to other processes on a busy machine) and in
 the CPU times.
 """
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
+import tyro  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.timing import per_call  # noqa: E402
@@ -32,14 +33,22 @@ from double_dueling_per_dqn import PrioritizedSampler  # noqa: E402
 ALPHA, BETA, EPSILON = 0.6, 0.4, 1e-6
 
 
+@dataclass
+class Options:
+    capacity: int = 1_000_000
+    """transitions in the (full) buffer"""
+    batch_size: int = 32
+    """transitions sampled per operation"""
+    rounds: int = 5
+    """alternating timing rounds per method"""
+    ours_repeats: int = 2000
+    """operations per round, ours"""
+    naive_repeats: int = 20
+    """operations per round, naive"""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--capacity", type=int, default=1_000_000, help="transitions in the (full) buffer")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per method")
-    parser.add_argument("--ours-repeats", type=int, default=2000, help="operations per round, ours")
-    parser.add_argument("--naive-repeats", type=int, default=20, help="operations per round, naive")
-    options = parser.parse_args()
+    options = tyro.cli(Options, description=__doc__.split("\n\n")[0])
     n, batch_size = options.capacity, options.batch_size
     rng = np.random.default_rng(0)
     td_errors = rng.exponential(1.0, size=n)  # a full buffer of transitions with varied priorities

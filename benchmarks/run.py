@@ -33,6 +33,7 @@ from cluster import SlurmOptions
 from script_runs import (REPO_ROOT, MetricsFollower, ScriptError, check_writable, cli, find_script, load_script,
                          read_json, setting_conflicts)
 
+SUBMITTING = threading.Lock()
 # the runner sets these per run; after `--` they would silently break the skip logic or collide between runs
 RESERVED_FLAGS = ["--env-id", "--seed", "--runs-dir", "--exp-name", "--resume", "--eval-checkpoint"]
 
@@ -325,9 +326,10 @@ def start(job: Job, runs_dir: Path, logs_dir: Path, extra_args: list[str], threa
     if executor is None:
         job.handle = cluster.LocalJob(job.combination.script, script_argv(job, runs_dir, extra_args), *logs, threads)
     else:
-        executor.update_parameters(job_name=re.sub(r"[^A-Za-z0-9._-]+", "_", job.combination.label))
-        job.handle = cluster.SlurmJob(executor, job.combination.script, script_argv(job, runs_dir, extra_args),
-                                      *logs, threads)
+        with SUBMITTING:  # the job's name is the executor's setting at submission, and the pool's threads share it
+            executor.update_parameters(job_name=re.sub(r"[^A-Za-z0-9._-]+", "_", job.combination.label))
+            job.handle = cluster.SlurmJob(executor, job.combination.script, script_argv(job, runs_dir, extra_args),
+                                          *logs, threads)
     job.started = time.monotonic()
 
 
@@ -508,10 +510,10 @@ class Pool:
         except KeyboardInterrupt:
             self.stopping.set()
             threads.shutdown(wait=False, cancel_futures=True)
+            self.bar.close()
             self.stop_runs()
             raise
-        finally:
-            self.bar.close()
+        self.bar.close()
 
     def stop_runs(self) -> None:
         """Ask each running run to save a checkpoint and stop; wait up to 120 s (or a second Ctrl-C) for them."""

@@ -32,7 +32,6 @@ CPU time that ignores how fast each instruction runs. Every figure comes from th
 the ratios, not the absolute numbers across machines.
 """
 
-import argparse
 import contextlib
 import copy
 import io
@@ -44,7 +43,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import gymnasium as gym  # noqa: E402
@@ -52,11 +53,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import tyro  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import dqn  # noqa: E402
-from benchmarks.timing import command_from_option, learning_phase_sps, per_call, timed_run  # noqa: E402
+from benchmarks.timing import command_from_option, learning_phase_sps, per_call, timed_run, usage_error  # noqa: E402
 
 EXPLORATION_STEPS = 10_000  # epsilon reaches 0.05 when learning starts: the timed steps are the steady learning phase
 CLEANRL = dict(hidden_sizes=(120, 84), batch_size=128, train_frequency=10, target_network_frequency=500,
@@ -217,29 +219,37 @@ def cleanrl_run(command: list[str], total_timesteps: int, runs_dir: str) -> tupl
                                str(EXPLORATION_STEPS / total_timesteps), "--no-cuda", "--seed", "1"], runs_dir)
 
 
+@dataclass
+class Options:
+    steps: Optional[int] = None
+    """timed learning-phase env steps per contender (None: 20,000; 2,000 with --count-instructions)"""
+    rounds: int = 3
+    """alternating rounds; each contender's median is kept"""
+    num_envs: tuple[int, ...] = (1, 4, 16)
+    """num_envs values for dqn.py"""
+    threads: int = 1
+    """torch threads"""
+    baseline: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
+    """also time this version of dqn.py (and this checkout's) as a subprocess; repeatable"""
+    cleanrl: Optional[str] = None
+    """also time CleanRL's dqn.py: its python and script, e.g. '/path/to/cleanrl-venv/bin/python
+    /path/to/cleanrl/cleanrl/dqn.py'"""
+    count_instructions: bool = False
+    """count each contender's instructions under valgrind instead of timing it"""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20_000, help="timed learning-phase env steps per contender")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each contender's median is kept")
-    parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16], help="num_envs values for dqn.py")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--baseline", metavar="PATH", action="append", default=[],
-                        help="also time this version of dqn.py (and this checkout's) as a subprocess; repeatable")
-    parser.add_argument("--cleanrl", metavar="COMMAND", help="also time CleanRL's dqn.py: its python and script, "
-                        "e.g. '/path/to/cleanrl-venv/bin/python /path/to/cleanrl/cleanrl/dqn.py'")
-    parser.add_argument("--count-instructions", action="store_true",
-                        help="count each contender's instructions under valgrind instead of timing it (--steps: 2000)")
-    options = parser.parse_args()
+    options = tyro.cli(Options, description=__doc__)
+    steps = options.steps or (2000 if options.count_instructions else 20_000)
     if options.count_instructions:
         if shutil.which("valgrind") is None:
-            parser.error("--count-instructions needs valgrind (apt-get install valgrind)")
-        steps = options.steps if options.steps != parser.get_default("steps") else 2000
+            usage_error("--count-instructions needs valgrind (apt-get install valgrind)")
         short = CLEANRL["learning_starts"] + 500
         reference = [sys.executable, "-c", "from benchmarks.sps import reference_loop; import sys; "
                      "reference_loop(int(sys.argv[1]))"]
         contenders = {"naive reference loop (CleanRL pattern)": lambda n, _: [*reference, str(n)]}
         if options.cleanrl:
-            command = command_from_option(parser, options.cleanrl)
+            command = command_from_option(options.cleanrl)
             contenders["CleanRL dqn.py"] = lambda n, runs_dir: [*command, "--total-timesteps", str(n),
                                                                  "--exploration-fraction", str(EXPLORATION_STEPS / n),
                                                                  "--no-cuda", "--seed", "1"]
@@ -248,12 +258,12 @@ def main() -> None:
         print(f"instructions per learning-phase step over {steps:,} steps, counted by valgrind\n")
         count_instructions(contenders, short, short + steps)
         return
-    if options.steps < 1000:
-        parser.error("--steps must be at least 1000")
+    if steps < 1000:
+        usage_error("--steps must be at least 1000")
     for path in options.baseline:
         if not Path(path).is_file():
-            parser.error(f"--baseline {path}: no such file")
-    cleanrl_command = command_from_option(parser, options.cleanrl)
+            usage_error(f"--baseline {path}: no such file")
+    cleanrl_command = command_from_option(options.cleanrl)
     torch.set_num_threads(options.threads)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores; CartPole-v1, "
@@ -274,7 +284,7 @@ def main() -> None:
 
     # alternate the contenders over several rounds and keep each one's best: on a shared machine the least-disturbed
     # round is the closest to the true speed, and alternating exposes every contender to the same load
-    short, long = CLEANRL["learning_starts"] + 2000, CLEANRL["learning_starts"] + 2000 + options.steps
+    short, long = CLEANRL["learning_starts"] + 2000, CLEANRL["learning_starts"] + 2000 + steps
     rates: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as runs_dir:
         references = {"naive reference loop (CleanRL pattern)": reference_loop}
@@ -298,7 +308,7 @@ def main() -> None:
             print(f"round {round_index + 1}/{options.rounds} done", flush=True)
     best = {name: (statistics.median(wall for wall, _ in runs), statistics.median(cpu for _, cpu in runs))
             for name, runs in rates.items()}
-    print(f"\nenv steps per second over {options.steps:,} learning-phase steps (epsilon 0.05), the median of "
+    print(f"\nenv steps per second over {steps:,} learning-phase steps (epsilon 0.05), the median of "
           f"{options.rounds} alternating rounds;\nby wall time, and by CPU time (= wall time on an idle machine, for "
           "one thread)")
     for reference in references:

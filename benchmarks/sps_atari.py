@@ -29,7 +29,6 @@ wall time: with one thread, CPU time is what the wall time would be on an idle m
 shared, busy machine, where wall-clock figures do not. Compare ratios, not absolute numbers across machines.
 """
 
-import argparse
 import contextlib
 import io
 import json
@@ -38,13 +37,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import tyro  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dqn_atari  # noqa: E402
@@ -229,23 +231,32 @@ print(json.dumps({{"frame_slots": replay_buffer.slots * replay_buffer.num_envs, 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@dataclass
+class Options:
+    parts: tuple[Literal["floor", "main", "options", "memory"], ...] = ("floor", "main", "options", "memory")
+    """sections to run"""
+    steps: tuple[int, int] = (400, 2400)
+    """learning steps of the short and the long main() run"""
+    num_envs: tuple[int, ...] = (1, 4)
+    """num_envs values of section 2"""
+    rounds: int = 3
+    """interleaved rounds of the option comparison"""
+    compile: bool = True
+    """torch.compile in the option comparison (--no-compile: left out, its first call is slow)"""
+    slow: bool = True
+    """the bf16 and 2-thread rows (--no-slow: left out)"""
+    replay_transitions: int = 200_000
+    """replay size for the memory figures"""
+    cleanrl: Optional[str] = None
+    """also time CleanRL's dqn_atari.py in section 2: its python and script, e.g.
+    '/path/to/cleanrl-venv/bin/python /path/to/cleanrl/cleanrl/dqn_atari.py'"""
+    main_rounds: int = 1
+    """alternating rounds of section 2 (best kept)"""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["floor", "main", "options", "memory"],
-                        choices=["floor", "main", "options", "memory"])
-    parser.add_argument("--steps", type=int, nargs=2, default=[400, 2400], metavar=("SHORT", "LONG"),
-                        help="learning steps of the short and the long main() run")
-    parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the option comparison")
-    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out (its first call is slow)")
-    parser.add_argument("--no-slow", action="store_true", help="leave the bf16 and 2-thread rows out")
-    parser.add_argument("--replay-transitions", type=int, default=200_000, help="replay size for the memory figures")
-    parser.add_argument("--cleanrl", metavar="COMMAND", help="also time CleanRL's dqn_atari.py in section 2: its "
-                        "python and script, e.g. '/path/to/cleanrl-venv/bin/python "
-                        "/path/to/cleanrl/cleanrl/dqn_atari.py'")
-    parser.add_argument("--main-rounds", type=int, default=1, help="alternating rounds of section 2 (best kept)")
-    options = parser.parse_args()
-    cleanrl_command = command_from_option(parser, options.cleanrl)
+    options = tyro.cli(Options, description=__doc__)
+    cleanrl_command = command_from_option(options.cleanrl)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start",
           flush=True)
@@ -280,7 +291,7 @@ def main() -> None:
             print(f"\n2. {name}, learning phase: {result['sps_cpu']:.0f} steps per CPU-second{versus} "
                   f"({result['sps_wall']:.0f} per wall-clock second at this load)", flush=True)
     if "options" in options.parts:
-        report["options"] = section_options(options.rounds, not options.no_compile, not options.no_slow)
+        report["options"] = section_options(options.rounds, options.compile, options.slow)
         print("\n3. update cost (batch 32, sampling included), median of interleaved rounds")
         print(f"   {'variant':36s} {'CPU ms':>8} {'wall ms':>8} {'CPU/plain':>9} {'wall/plain':>10} {'1st call s':>10}")
         for row in report["options"]:

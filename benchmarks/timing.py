@@ -6,7 +6,6 @@ CPU time beside wall time: the benchmarks run one thread, whose CPU time is what
 machine, so the CPU figures hold on a shared, busy machine, where wall-clock figures do not. torch.utils.benchmark's
 Timer gives wall time only, hence this module."""
 
-import argparse
 import os
 import resource
 import shlex
@@ -16,7 +15,13 @@ import time
 from typing import Optional
 
 
-def command_from_option(parser: argparse.ArgumentParser, text: Optional[str]) -> Optional[list[str]]:
+def usage_error(message: str) -> None:
+    """A bad command line: `error: MESSAGE` on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def command_from_option(text: Optional[str]) -> Optional[list[str]]:
     """The `--cleanrl` COMMAND split into its words, after checking that `COMMAND --help` runs (a usage error if not);
     None when the option was not given."""
     if text is None:
@@ -25,7 +30,7 @@ def command_from_option(parser: argparse.ArgumentParser, text: Optional[str]) ->
     try:
         subprocess.run([*command, "--help"], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError) as error:
-        parser.error(f"--cleanrl {text!r} does not run: {error}")
+        usage_error(f"--cleanrl {text!r} does not run: {error}")
     return command
 
 

@@ -412,6 +412,35 @@ def test_table_gives_the_steps_to_the_first_evaluation_at_the_solved_threshold(t
     assert "| 300 (s1: 100, s2: 300, s3: never) |" in markdown
 
 
+def test_metrics_are_read_by_name_and_a_row_cut_short_by_a_crash_is_dropped(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("global_step,wall_time,name,value\n10,1.5,charts/episodic_return,9\n20,2.5,eval/episodic_return,"
+                    "7.5\n30,3.5,charts/episodic_return,12\n40,4.5,charts/episo")
+    metrics = plot_module.read_metrics(path)
+    assert sorted(metrics) == ["charts/episodic_return", "eval/episodic_return"]
+    assert metrics["charts/episodic_return"].tolist() == [[10, 1.5, 9], [30, 3.5, 12]]
+    path.write_text("")  # created, then killed before its header
+    assert plot_module.read_metrics(path) == {}
+
+
+def test_the_timer_measures_the_learning_phase_by_the_extra_steps_and_a_call_by_its_cpu_time():
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import timing
+
+    def burn(seconds: float) -> None:
+        start = time.process_time()
+        while time.process_time() - start < seconds:
+            pass
+
+    # a contender with 0.2 CPU-seconds of set-up and 10,000 steps a CPU-second: the set-up cancels out
+    sps_wall, sps_cpu = timing.learning_phase_sps(lambda steps: burn(0.2 + steps / 10_000), 1000, 3000)
+    assert 8_000 < sps_cpu < 12_500 and sps_wall > 0
+    # a subprocess contender reports its own (wall, CPU) seconds, which count instead of this process's
+    assert timing.learning_phase_sps(lambda steps: (steps / 100, steps / 1000), 1000, 3000) == (100.0, 1000.0)
+    cpu, wall = timing.per_call(lambda: burn(0.01), calls=5, repeats=2, warmup=1)
+    assert 0.009 < cpu < 0.02 and wall >= cpu * 0.9
+
+
 def test_sps_times_an_external_cleanrl_script_by_its_own_cpu_time(tmp_path):
     """`benchmarks/sps.py --cleanrl`: a stand-in for CleanRL's dqn.py that records its arguments and burns CPU in
     proportion to --total-timesteps; the benchmark must pass CleanRL's flags, single-threaded, and count the child's
