@@ -4,17 +4,11 @@ double_dueling_per_dqn.py's sum-tree next to the naive way that tutorials write 
     python benchmarks/per_sampling.py                      # about a minute on a 2-core CPU
     python benchmarks/per_sampling.py --capacity 100000 --rounds 5
 
-One operation is what a training step of prioritized replay does besides the network: draw a batch of 32 indices in
-proportion to p_i^alpha, compute their importance weights (N * P(i))^-beta / max, and write the 32 new priorities.
-
-- ours: `PrioritizedSampler` of double_dueling_per_dqn.py, a sum-tree walked level by level for the whole batch in
-  NumPy (stratified sampling, as Schaul et al. 2016, Appendix B.2.1), O(log N) per transition;
-- naive: the priorities in a flat array, P = p^alpha / sum(p^alpha) recomputed from them at every step, then
-  `np.random.choice(N, 32, p=P)`, O(N) per step (and np.random.choice builds a cumulative sum of P every call).
-
-Both are timed in alternating rounds; the figure per method is the median over rounds of the mean time per operation,
-in CPU time of this process (robust to other processes on a busy machine) and in wall time. The ratio printed is of
-the CPU times.
+One operation: draw 32 indices in proportion to p_i^alpha, their weights (N * P(i))^-beta / max, and write 32 new
+priorities. Ours: `PrioritizedSampler`, a sum-tree walked level by level for the whole batch in NumPy (stratified, as
+Schaul et al. 2016, Appendix B.2.1), O(log N); naive: P = p^alpha / sum(p^alpha) recomputed every step, then
+`np.random.choice(N, 32, p=P)`, O(N). Alternating rounds; per method the median over rounds of the mean CPU (robust on
+a busy machine) and wall time per operation; the ratio printed is of the CPU times.
 """
 
 import os

@@ -3,20 +3,14 @@
     python benchmarks/plot.py                      # benchmarks/runs -> benchmarks/runs/benchmark.{png,svg,md}
     python benchmarks/plot.py --runs-dir benchmarks/runs --out-dir docs/benchmarks --band minmax --smooth 20
 
-Reads every run directory under --runs-dir (args.json, metrics.csv, summary.json). One column per env; the top row
-draws episodic return against env steps, the bottom row against wall time since the run started. Each script (each
-exp name) is one line: the mean over its seeds of each seed's smoothed curve, with a shaded band (the standard
-deviation over seeds, their min-max with --band minmax; --band iqm draws the interquartile mean with its 95%
-stratified-bootstrap interval). Smoothing: each point is the mean of the last --smooth episodes of that seed.
-Published reference values are drawn as labelled horizontal lines (sources: REFERENCES).
-
-The table gives, per script and env, the final evaluation return: each seed's summary.json `eval_mean` (the mean of
-its final greedy evaluation), as the interquartile mean over seeds with its 95% stratified-bootstrap confidence
-interval (Agarwal et al. 2021, with rliable) and as the mean ± standard deviation, with the number of seeds, env
-steps and wall time per run, and the env steps to the first evaluation whose mean reached the env's "solved"
-threshold (the median over seeds, and each seed's). Only finished runs count (summary.json with a status other than
-"interrupted"); with --include-unfinished, runs still going or interrupted are drawn and tabulated too, marked
-"partial", their "final" value being the last evaluation in their metrics.csv.
+Reads every run directory under --runs-dir (args.json, metrics.csv, summary.json). One column per env, return against
+env steps (top) and wall time (bottom); one line per exp name: the mean over seeds of each seed's curve smoothed over
+its last --smooth episodes, with a band of ±1 std (--band minmax: min to max; --band iqm: the interquartile mean and
+its 95% stratified-bootstrap interval). Published values are labelled horizontal lines (sources: REFERENCES).
+The table gives per script and env the final evaluation (each seed's summary.json `eval_mean`) as the IQM over seeds
+with its 95% interval (Agarwal et al. 2021, rliable) and as mean ± std, each seed's, env steps, wall time, and the env
+steps to the first evaluation at the env's "solved" threshold. Only finished runs count; --include-unfinished adds the
+others, marked "partial", with the last evaluation in their metrics.csv.
 """
 
 import json

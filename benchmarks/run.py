@@ -7,13 +7,22 @@
     python benchmarks/run.py --cluster slurm --slurm.partition gpu --slurm.gpus 1 --slurm.time-min 600 \
         --scripts dqn_atari.py --env-ids PongNoFrameskip-v4 BreakoutNoFrameskip-v4 --seeds 1 2 3 -- --cuda
 
-Every run is `python SCRIPT --env-id ENV --seed N --runs-dir RUNS_DIR --exp-name NAME [args after --]` with one
-thread (OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1), its stdout and stderr appended to
-`RUNS_DIR/_logs/`: a child process of this runner (--cluster local), or a Slurm job (--cluster slurm, through
-submitit; its submission files in `RUNS_DIR/_slurm/`). A run cut short by SIGTERM (a preempted or cancelled job, one
-at its time limit, a `kill`) saves a checkpoint and is submitted again with --resume, up to --max-resumes times.
-The runs write their directories under RUNS_DIR as usual; `benchmarks/plot.py` draws them. Exit status: 0 when every
-run of this shard has finished, 1 when one failed, 2 for a usage error, 130 when interrupted.
+A run is `python SCRIPT --env-id ENV --seed N --runs-dir RUNS_DIR --exp-name NAME [args after --]` on one thread, its
+output appended to RUNS_DIR/_logs/: a child process, or a Slurm job (submitit's files in RUNS_DIR/_slurm/). One cut
+short by SIGTERM (preempted, cancelled, at its time limit) saves a checkpoint and is submitted again with --resume.
+Exit status: 0 when every run of this shard finished, 1 when one failed, 2 for a usage error, 130 when interrupted.
+
+Done: a combination (env id, exp name = the script's stem or STEM-TAG, seed, from each run's args.json) is skipped
+when a run directory of it holds a summary.json whose status is not "interrupted". Every setting the run would get
+(the flags after --, checked by the script's own parser and checks before any run, and its defaults) is compared
+with that run's args.json; a difference is an error (use another --tag or --runs-dir), except for settings that do
+not change what a run learns (--track, --capture-video, --save-model, --torch-threads, ...).
+Unfinished (no finished summary.json): --unfinished resume continues the newest one with a checkpoint.pt (its
+metrics.csv continues; its replay starts empty unless it was saved, --save-replay; its summary's wall time counts
+the resumed part); --unfinished restart, or no checkpoint.pt, starts afresh, moving the old directories to
+RUNS_DIR/_unfinished/. --shard I/N takes every N-th combination of the list sorted by (script, env, seed) from the
+I-th: give every machine the same --scripts, --env-ids, --seeds and --tag, and one runner per shard.
+Progress: a tqdm status line on a terminal, else one every --status-every seconds; starts and ends, a line each.
 """
 
 import re
@@ -36,37 +45,6 @@ from script_runs import (REPO_ROOT, MetricsFollower, ScriptError, check_writable
 SUBMITTING = threading.Lock()
 # the runner sets these per run; after `--` they would silently break the skip logic or collide between runs
 RESERVED_FLAGS = ["--env-id", "--seed", "--runs-dir", "--exp-name", "--resume", "--eval-checkpoint"]
-
-EPILOG = """\
-which envs go with which script:
-  --env-ids applies to every script given without a list of its own; SCRIPT.py:ENV1,ENV2 gives that script its
-  own envs, e.g. `--scripts dqn.py:CartPole-v1,Acrobot-v1 dqn_lunar.py:LunarLander-v3` (no --env-ids needed).
-
-what counts as done:
-  A combination is identified by (env id, exp name, seed), read from each run directory's args.json; the exp name
-  is the script's stem, or STEM-TAG with --tag. It is skipped when a run directory for it holds a summary.json whose
-  status is not "interrupted". Every setting the run would get (the flags after --, and the script's defaults for
-  the rest, as the script's own parser reads them) is compared with that run's args.json, and a difference is an
-  error (a run made with other settings is not this benchmark's run): use another --tag or --runs-dir. Settings that
-  do not change what a run learns (--track, --capture-video, --save-model, --torch-threads, ...) are not compared.
-  The flags after -- are checked by the script's own checks before any run starts.
-
-unfinished runs (a directory without a finished summary.json: Ctrl-C, a crash, a killed machine):
-  --unfinished resume (default): continue the newest one that has a checkpoint.pt with the script's --resume;
-    its metrics.csv continues (the script drops rows after the checkpoint's step), its replay buffer starts empty
-    unless the run was saving it (--save-replay), and its summary's wall time counts only the resumed part.
-  --unfinished restart, or no checkpoint.pt: start a fresh run; the unfinished directories are moved to
-    RUNS_DIR/_unfinished/ (kept, never deleted), so that the plots cannot mix them in.
-
-sharding across machines:
-  --shard I/N (1 <= I <= N) takes every N-th combination of the list sorted by (script, env, seed), starting at
-  the I-th. Give every machine the same --scripts/--env-ids/--seeds/--tag so that the N shards partition the same
-  list; the only coordination is the shared --runs-dir. Do not run two runners on the same shard at once.
-
-progress: on a terminal one status line (tqdm) is redrawn in place; otherwise a status line is printed every
---status-every seconds. Starts, finishes and failures are always printed, one line each.
-"""
-
 
 @dataclass(frozen=True, order=True)
 class Combination:
@@ -425,7 +403,7 @@ class Args:
 
 def parse_args(argv: list[str]) -> tuple[Args, list[str]]:
     own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    args = cli(Args, own, "benchmarks/run.py", f"{__doc__}\n{EPILOG}")
+    args = cli(Args, own, "benchmarks/run.py", __doc__)
     problems = [f"--{name.replace('_', '-')} must be >= {low} (got {getattr(args, name)})"
                 for name, low in [("workers", 1), ("threads_per_run", 1), ("max_resumes", 0)]
                 if getattr(args, name) is not None and getattr(args, name) < low]

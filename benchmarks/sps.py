@@ -5,31 +5,18 @@
     git show v1:dqn.py > /tmp/dqn_before.py && python benchmarks/sps.py --baseline /tmp/dqn_before.py   # before/after
     python benchmarks/sps.py --cleanrl "/path/to/venv/bin/python /path/to/cleanrl/dqn.py"   # CleanRL's own too
 
-The fixed configuration is CleanRL's dqn.py default (MLP 120-84, batch 128, train every 10 steps, target every 500,
-buffer 10k, learning starts 10k, Adam 2.5e-4, epsilon 1 -> 0.05; here over the 10k warm-up steps, so the timed steps
-are all in the steady learning phase). Printed:
-
-1. the floor: the measured cost of one vector-env step, one batch-1 action forward and one batch-128 update, combined
-   into the best possible steps per second for that configuration, with a torch forward for every action and the
-   default Adam ("naive"), and with dqn.py's NumPy forward (`greedy_actions`) and fused Adam;
-2. a reference loop written the way the textbook/CleanRL scripts are (a torch forward per greedy action, SB3's
-   ReplayBuffer, default Adam, gymnasium's SyncVectorEnv; without CleanRL's TensorBoard writes and prints, so it is
-   somewhat faster than CleanRL's script), and dqn.py itself at num_envs 1 and more, both timed over their learning
-   phase only, by wall time and by CPU time. Everything runs on one torch thread, so CPU time is what the wall time
-   would be on an idle machine: the CPU figures hold on a shared, busy machine, where wall-clock figures do not.
-3. with `--baseline PATH` (repeatable), another version of dqn.py, and then this checkout's dqn.py too, each run as a
-   subprocess with the same flags and timed by the child's wall and CPU time: the before/after of a change, in one run;
-4. with `--cleanrl COMMAND`, CleanRL's own dqn.py as well, run as a subprocess (COMMAND is the python and the script;
-   CleanRL pins gymnasium 0.29, so it needs its own virtual environment) with `--total-timesteps N
-   --exploration-fraction F --no-cuda` and `OMP_NUM_THREADS=1`, in a temporary directory. Its defaults are the
-   configuration above. Put its checkout on PYTHONPATH (its dqn.py imports `cleanrl_utils`).
-
-Timings: each round runs every contender in turn, and the median of its rounds is kept (a best-of-rounds figure
-rewards whichever contender met the machine's fastest moment). With `--count-instructions`, every contender runs as a
-subprocess under valgrind (`cachegrind`, no cache simulation) and the figure is the instructions it executes per
-learning-phase step: the same count whatever else the machine does, slow (minutes per contender), and a proxy for
-CPU time that ignores how fast each instruction runs. Every figure comes from this run on this machine, so compare
-the ratios, not the absolute numbers across machines.
+At CleanRL's dqn.py configuration (MLP 120-84, batch 128, train every 10 steps, target every 500, buffer 10k, learning
+starts 10k, Adam 2.5e-4, epsilon 1 -> 0.05 over the warm-up, so the timed steps are the learning phase), printed:
+1. the floor: one vector-env step, one batch-1 action and one batch-128 update, combined into the best possible steps
+   per second, the naive way (torch forward, default Adam) and dqn.py's (NumPy `greedy_actions`, fused Adam);
+2. the learning-phase speed, by wall and by CPU time on one thread, of a reference loop written the textbook/CleanRL
+   way (torch forward per action, SB3's ReplayBuffer, default Adam, no TensorBoard) and of dqn.py at each --num-envs;
+3. with --baseline PATH, that version of dqn.py and this checkout's, as subprocesses timed by their own clocks;
+4. with --cleanrl COMMAND (its python and script: it pins gymnasium 0.29, so it needs its own virtual environment,
+   and its checkout on PYTHONPATH), CleanRL's dqn.py with --total-timesteps, --exploration-fraction and --no-cuda.
+Rounds alternate the contenders and keep each one's median. --count-instructions counts instead the instructions of
+each per learning-phase step under valgrind (cachegrind, no cache simulation): the same on a busy machine, slow.
+Compare ratios, not absolute figures across machines.
 """
 
 import contextlib

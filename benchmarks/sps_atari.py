@@ -5,28 +5,16 @@
     python benchmarks/sps_atari.py --parts main --num-envs 1 --main-rounds 3 \
         --cleanrl "/path/to/venv/bin/python /path/to/cleanrl/cleanrl/dqn_atari.py"   # against CleanRL's own script
 
-Printed:
-1. the floor at the default settings: the cost of one env step (PongNoFrameskip-v4 with SB3's wrappers and the 4-frame
-   stack, in a SyncVectorEnv), one batch-1 action forward, storing one step in the frame replay, and one batch-32
-   update (sample + target forward + online forward/backward + Adam), combined into the steps per second the
-   loop cannot beat with one env: 1 / (env + act + store + update / train_frequency);
-2. dqn_atari.main() itself at the default settings, timed over its learning phase only (two runs that differ only in
-   length; the difference of their times is the cost of the extra learning steps), with epsilon already at its final
-   0.01, so that nearly every step calls the network, as in most of a 10M-step run; --num-envs 1 and 4; with
-   `--cleanrl COMMAND`, CleanRL's dqn_atari.py too, as a subprocess timed the same way (COMMAND is the python and
-   the script; CleanRL pins gymnasium 0.29, so it needs its own virtual environment, with its checkout on PYTHONPATH
-   for `cleanrl_utils`), with `--learning-starts 1000`, epsilon at 0.01 from the first step, `--buffer-size 100000`
-   (its replay of frame stacks at the default 1M would need 28 GB), `--no-cuda` and OMP_NUM_THREADS=1; with
-   `--main-rounds N` the contenders alternate N times and each keeps its best round;
-3. the update cost of the options tried for a cheaper update: channels-last memory, fused Adam, bf16 autocast,
-   torch.compile, and 2 torch threads instead of 1, each beside the plain eager fp32 update that dqn_atari.py uses
-   (the 2-thread rows' CPU time counts both threads: compare their wall time);
-4. in a child process (so nothing else counts): bytes per transition and peak RSS with a replay holding 200k
-   transitions of real Pong.
-
-Sections 1-3 run on one torch thread (except the 2-thread rows) and report CPU time (time.process_time) beside the
-wall time: with one thread, CPU time is what the wall time would be on an idle machine, so those figures hold on a
-shared, busy machine, where wall-clock figures do not. Compare ratios, not absolute numbers across machines.
+Printed, by CPU time on one torch thread beside wall time (compare ratios, not figures across machines):
+1. the floor: one env step (PongNoFrameskip-v4, SB3's wrappers, 4-frame stack), one batch-1 action, storing a step,
+   one batch-32 update, combined into 1 / (env + act + store + update / train_frequency) steps per second;
+2. dqn_atari.main() at the default settings over its learning phase (two runs that differ only in length), epsilon
+   at 0.01 throughout; with --cleanrl COMMAND (its python and script, in its own virtual environment for gymnasium
+   0.29, its checkout on PYTHONPATH), CleanRL's dqn_atari.py set up alike, its replay cut to 100k (1M frame stacks
+   would need 28 GB); --main-rounds N alternates the contenders and keeps each one's best;
+3. the update with channels-last, fused Adam, bf16 autocast, torch.compile or 2 threads, beside dqn_atari.py's plain
+   eager fp32 one (the 2-thread rows' CPU time counts both threads: compare their wall time);
+4. in a child process: bytes per transition and peak RSS of a replay holding 200k transitions of real Pong.
 """
 
 import contextlib

@@ -1,16 +1,11 @@
 """Hyperparameter search for the DQN scripts with Optuna: every trial is a real training run of the script.
 
-A trial runs `python SCRIPT.py` with the sampled flags in a subprocess (one thread by default), follows the run's
-`metrics.csv` as it grows to report every `eval/episodic_return` to Optuna, stops the run as soon as the pruner judges
-it hopeless, and takes its objective from `summary.json` when it ends (the final evaluation mean, `eval_mean`).
-Because the scripts are only run, never imported for training, the tuner works with any script that has their
-interface: dqn.py, dqn_lunar.py, dqn_atari.py, double_dueling_per_dqn.py. Sampler: TPE (Bergstra et al. 2011),
-multivariate, with the "constant liar" so that parallel workers do not all sample next to the same running trial;
-pruner: the median rule (Golovin et al. 2017, "Google Vizier") after a warm-up.
-
-The study lives in a database, so several workers share it and a study resumes after an interruption: run the same
-command again. `--n-trials` is the number of finished (complete or pruned) trials the study should have in total,
-however many workers share it.
+A trial runs `python SCRIPT.py` with the sampled flags in a subprocess, reports each `eval/episodic_return` of its
+metrics.csv to Optuna as it is written, is stopped when the pruner judges it hopeless, and scores the `eval_mean` of
+its summary.json. Sampler: multivariate TPE (Bergstra et al. 2011) with the constant liar, so that parallel workers
+spread out; pruner: the median rule (Golovin et al. 2017) after a warm-up. The study lives in a database (SQLite, or
+PostgreSQL for several machines; watch it with `optuna-dashboard STORAGE`): workers share it, the same command
+resumes it, and `--n-trials` counts its finished trials over all workers.
 
     python benchmarks/tune.py --script dqn.py --n-trials 30              # one worker, SQLite file tune.db
     python benchmarks/tune.py --script dqn.py --n-trials 30 &            # run it twice: two workers, one study
@@ -18,11 +13,9 @@ however many workers share it.
     python benchmarks/tune.py --script dqn.py --space learning-rate=log:1e-5:1e-3 -- --env-id Acrobot-v1
     python benchmarks/tune.py --script dqn_lunar.py --n-trials 50 --storage postgresql://... --cluster slurm --workers 8
 
-Flags after `--` go unchanged to every trial (a parameter given there is not searched). `--space NAME=SPEC` replaces or
-adds one parameter, SPEC being `log:LOW:HIGH` (log-uniform), `uniform:LOW:HIGH` (integers for an integer flag) or
-`choice:A,B,C` (one item may hold spaces: `choice:64 64,256 256`). The default spaces are in SEARCH_SPACES below and in
-docs/tuning.md. At the end the best trial is printed as a ready-to-paste command line and written to
-`{runs_dir}/{study}/best.json`.
+Flags after `--` go to every trial (and are not searched). `--space NAME=SPEC` replaces or adds a searched flag: SPEC
+is `log:LOW:HIGH`, `uniform:LOW:HIGH` (integers for an integer flag) or `choice:A,B,C` (`choice:64 64,256 256`).
+The best trial is printed as a command line and written to `{runs_dir}/{study}/best.json`.
 """
 
 import dataclasses
@@ -108,21 +101,17 @@ class Args:
     n_trials: int = 20
     """finished (complete or pruned) trials the study should hold, counted over all its workers"""
     storage: str = "sqlite:///tune.db"
-    """database of the study: sqlite:///FILE for workers on one machine, postgresql://USER:PASSWORD@HOST:PORT/DB
-    for workers on many"""
+    """database of the study: sqlite:///FILE (one machine), postgresql://USER:PASSWORD@HOST:PORT/DB (many)"""
     study_name: Optional[str] = None
     """name of the study in the storage; None: `{script}-{env_id}`. Workers with the same name share the study"""
     space: tuple[str, ...] = ()
-    """NAME=SPEC pairs that replace or add to the script's search space; SPEC is log:LOW:HIGH, uniform:LOW:HIGH or
-    choice:A,B,C (e.g. `--space learning-rate=log:1e-5:1e-3 batch-size=choice:64,128`)"""
+    """NAME=SPEC pairs that replace or add to the search space (learning-rate=log:1e-5:1e-3 batch-size=choice:64,128)"""
     enqueue: tuple[str, ...] = ()
-    """NAME=VALUE pairs of a first trial, run before any is sampled (e.g. the script's current defaults, or a known
-    good point); searched flags it leaves out are sampled"""
+    """NAME=VALUE pairs of a first trial, run before any is sampled; searched flags it leaves out are sampled"""
     objective: Literal["eval_mean", "best_eval_mean"] = "eval_mean"
     """summary.json value to maximize: the final evaluation mean, or the best evaluation mean of the run"""
     pruner: Literal["median", "threshold", "none"] = "median"
-    """median: stop a trial whose evaluation is below the median of earlier trials at the same step; threshold:
-    stop it when an evaluation is below --prune-below; none: never stop a trial"""
+    """stop a trial below the median of earlier trials at the same step, below --prune-below, or never"""
     prune_below: Optional[float] = None
     """evaluation mean under which --pruner threshold stops a trial"""
     warmup_fraction: float = 0.2
@@ -132,17 +121,13 @@ class Args:
     seed: int = 1
     """--seed of every trial's first run, so trials differ only by their parameters"""
     seeds_per_trial: int = 1
-    """runs per trial, with seeds --seed, --seed + 1, ...: run at the same time (one core each), pruned and scored
-    together, so that a study does not reward a lucky seed"""
+    """runs per trial, seeds --seed, --seed + 1, ..., run together and pruned and scored by their --aggregate"""
     aggregate: Literal["mean", "iqm", "min"] = "mean"
-    """how a trial's objective and its pruned evaluations combine its seeds: the mean, the interquartile mean (the
-    mean of the middle 50%, Agarwal et al. 2021; with fewer than 4 seeds, the mean), or the worst seed's (a study
-    that must land on every seed)"""
+    """how a trial combines its seeds: mean, interquartile mean (Agarwal et al. 2021), or the worst seed's"""
     sampler_seed: Optional[int] = None
     """seed of the TPE sampler (None: random; give each worker a different one if you set it)"""
     threads: int = 1
-    """threads per trial (OMP_NUM_THREADS, and --torch-threads where the script has it): one trial per core is the
-    fastest way to use a CPU machine"""
+    """threads per trial run (OMP_NUM_THREADS, and --torch-threads where the script has it)"""
     runs_dir: str = "runs/tune"
     """folder under which each study keeps its trials' runs (`{runs_dir}/{study}/trial_0007/...`) and best.json"""
     output: Optional[str] = None
