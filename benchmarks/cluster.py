@@ -126,8 +126,11 @@ class SlurmJob:
     def __init__(self, executor, script: Path, argv: list[str], stdout: Path, stderr: Path, threads: int):
         self.job = executor.submit(run_on_node, [sys.executable, str(script), *argv], str(stdout), str(stderr),
                                    run_environment(threads))
-        self.id = str(self.job.job_id)
         self.looked_up = time.monotonic()
+
+    @property
+    def id(self) -> str:
+        return str(self.job.job_id)  # a job array's task (ID_N) has its id once the array is submitted
 
     def poll(self) -> tuple[bool, Optional[int], str]:
         if self.job.paths.result_pickle.exists():

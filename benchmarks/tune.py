@@ -730,12 +730,12 @@ def submit_workers(args: Args, fixed: list[str]) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     executor = cluster.executor(args.slurm, folder / "_slurm", "tune", args.seeds_per_trial * args.threads)
     argv = [*worker_argv(args), "--", *fixed]
-    jobs = []
-    for number in range(args.workers):
-        stem = f"worker_{time.strftime('%Y%m%d-%H%M%S')}_{number}"
-        logs = [folder / f"{stem}.{name}.log" for name in ("stdout", "stderr")]
-        jobs.append(cluster.SlurmJob(executor, Path(__file__).resolve(), argv, *logs, args.threads))
-        print(f"worker {number}: Slurm job {jobs[-1].id}, output in {logs[0]}", flush=True)
+    stem = f"worker_{time.strftime('%Y%m%d-%H%M%S')}"
+    logs = [[folder / f"{stem}_{number}.{name}.log" for name in ("stdout", "stderr")] for number in range(args.workers)]
+    with executor.batch():  # one Slurm job array of --workers tasks
+        jobs = [cluster.SlurmJob(executor, Path(__file__).resolve(), argv, *pair, args.threads) for pair in logs]
+    for number, (job, pair) in enumerate(zip(jobs, logs)):
+        print(f"worker {number}: Slurm job {job.id}, output in {pair[0]}", flush=True)
     failed = 0
     try:
         for job, code, how in cluster.as_ended(jobs):
