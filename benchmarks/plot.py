@@ -15,7 +15,6 @@ others, marked "partial", with the last evaluation in their metrics.csv.
 
 import json
 import math
-import re
 import sys
 import textwrap
 import warnings
@@ -33,7 +32,7 @@ import pandas as pd  # noqa: E402
 import scipy.stats  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from script_runs import REPO_ROOT, ScriptError, cli, read_json  # noqa: E402
+from script_runs import REPO_ROOT, RunDir, ScriptError, cli, find_runs  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -84,16 +83,8 @@ REFERENCES: dict[str, list[Reference]] = {
 
 
 @dataclass
-class Run:
-    path: Path
-    args: dict
-    summary: Optional[dict]
-    start_time: float
+class Run(RunDir):
     metrics: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N, 3] rows (global_step, wall_time, value)
-
-    @property
-    def finished(self) -> bool:
-        return self.summary is not None and self.summary.get("status") != "interrupted"
 
     @property
     def script(self) -> str:
@@ -138,17 +129,9 @@ def read_metrics(path: Path) -> dict[str, np.ndarray]:
 
 def load_runs(runs_dirs: list[Path]) -> list[Run]:
     """Every directory below runs_dirs with an args.json and a metrics.csv (the runner's _logs/ has neither)."""
-    runs = []
-    for runs_dir in runs_dirs:
-        for args_path in sorted(runs_dir.rglob("args.json")):
-            path = args_path.parent
-            args = read_json(args_path)
-            if not args or not {"env_id", "exp_name", "seed"} <= args.keys() or not (path / "metrics.csv").is_file():
-                continue
-            match = re.search(r"__(\d+)_*$", path.name)
-            start_time = float(match.group(1)) if match else args_path.stat().st_mtime
-            runs.append(Run(path, args, read_json(path / "summary.json"), start_time))
-    return runs
+    paths = [path.parent for runs_dir in runs_dirs for path in sorted(runs_dir.rglob("args.json"))
+             if (path.parent / "metrics.csv").is_file()]
+    return [Run(run.path, run.args, run.summary) for run in find_runs(paths)]
 
 
 def group_runs(runs: list[Run], include_unfinished: bool) -> list[Group]:
@@ -159,7 +142,7 @@ def group_runs(runs: list[Run], include_unfinished: bool) -> list[Group]:
             by_seed[(run.args["exp_name"], run.args["env_id"], int(run.args["seed"]))].append(run)
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for (exp_name, env_id, seed), found in sorted(by_seed.items()):
-        found.sort(key=lambda run: (run.finished, run.start_time))
+        found.sort(key=lambda run: (run.finished, run.started_at))
         if len(found) > 1:
             print(f"note: {len(found)} runs of {exp_name} {env_id} seed {seed}; using {found[-1].path}",
                   file=sys.stderr)
@@ -247,7 +230,7 @@ def seed_curves(group: Group, metric: str, smooth: int, axis: str) -> list[tuple
         if rows is None or len(rows) == 0:
             continue
         rows = rows[np.argsort(rows[:, 0], kind="stable")]
-        x = rows[:, 0] if axis == "steps" else rows[:, 1] - run.start_time
+        x = rows[:, 0] if axis == "steps" else rows[:, 1] - run.started_at
         order = np.argsort(x, kind="stable")
         curves.append((x[order], trailing_mean(rows[order, 2], smooth)))
     return curves
@@ -361,7 +344,7 @@ def final_values(run: Run) -> tuple[Optional[float], int, float]:
     evals = run.metrics.get("eval/episodic_return")
     last = max((rows[-1, :2] for rows in run.metrics.values() if len(rows)), key=lambda r: r[0], default=None)
     steps = int(last[0]) if last is not None else 0
-    wall = float(last[1] - run.start_time) if last is not None else 0.0
+    wall = float(last[1] - run.started_at) if last is not None else 0.0
     return (float(evals[-1, 2]) if evals is not None and len(evals) else None), steps, wall
 
 

@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 import cluster
 from cluster import SlurmOptions
-from script_runs import (REPO_ROOT, MetricsFollower, ScriptError, check_writable, cli, find_script, load_script,
-                         read_json, setting_conflicts)
+from script_runs import (REPO_ROOT, MetricsFollower, RunDir, ScriptError, check_writable, cli, find_runs, find_script,
+                         load_script, read_json, setting_conflicts)
 
 SUBMITTING = threading.Lock()
 # the runner sets these per run; after `--` they would silently break the skip logic or collide between runs
@@ -62,22 +62,6 @@ class Combination:
     def file_stem(self) -> str:
         """the run directory's name without its start time, as the scripts build it"""
         return f"{self.env_id.replace('/', '-').replace(':', '-')}__{self.exp_name}__{self.seed}"
-
-
-@dataclass
-class RunDir:
-    path: Path
-    args: dict
-    summary: Optional[dict]
-
-    @property
-    def finished(self) -> bool:
-        return self.summary is not None and self.summary.get("status") != "interrupted"
-
-    @property
-    def started_at(self) -> float:
-        match = re.search(r"__(\d+)_*$", self.path.name)
-        return float(match.group(1)) if match else self.path.stat().st_mtime
 
 
 class UsageError(Exception):
@@ -171,18 +155,10 @@ def requested_settings(combinations: list[Combination], extra_args: list[str]) -
 def scan_runs(runs_dir: Path) -> dict[tuple[str, str, int], list[RunDir]]:
     """Run directories directly under runs_dir, by (env_id, exp_name, seed), oldest first."""
     runs: dict[tuple[str, str, int], list[RunDir]] = {}
-    if not runs_dir.is_dir():
-        return runs
-    for path in runs_dir.iterdir():
-        if not path.is_dir() or path.name.startswith("_"):
-            continue
-        args = read_json(path / "args.json")
-        if not args or not {"env_id", "exp_name", "seed"} <= args.keys():
-            continue
-        run = RunDir(path, args, read_json(path / "summary.json"))
-        runs.setdefault((args["env_id"], args["exp_name"], int(args["seed"])), []).append(run)
-    for found in runs.values():
-        found.sort(key=lambda run: (run.started_at, run.path.name))
+    paths = [path for path in runs_dir.iterdir() if path.is_dir() and not path.name.startswith("_")] \
+        if runs_dir.is_dir() else []
+    for run in sorted(find_runs(paths), key=lambda run: (run.started_at, run.path.name)):
+        runs.setdefault((run.args["env_id"], run.args["exp_name"], int(run.args["seed"])), []).append(run)
     return runs
 
 

@@ -176,6 +176,32 @@ def setting_conflicts(requested: dict, saved: dict) -> list[str]:
             if key not in UNCOMPARED_SETTINGS and key in saved and saved[key] != value]
 
 
+@dataclass
+class RunDir:
+    """A run directory of the scripts: its args.json, and its summary.json (None while it runs, or after a crash)."""
+
+    path: Path
+    args: dict
+    summary: Optional[dict]
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None and self.summary.get("status") != "interrupted"
+
+    @property
+    def started_at(self) -> float:
+        """The unix time the scripts put at the end of its name, else its args.json's modification time."""
+        match = re.search(r"__(\d+)_*$", self.path.name)
+        return float(match.group(1)) if match else (self.path / "args.json").stat().st_mtime
+
+
+def find_runs(paths) -> list[RunDir]:
+    """The run directories among `paths`: those whose args.json names an env_id, an exp_name and a seed."""
+    found = [(path, read_json(path / "args.json")) for path in paths]
+    return [RunDir(path, args, read_json(path / "summary.json")) for path, args in found
+            if args and {"env_id", "exp_name", "seed"} <= args.keys()]
+
+
 def read_json(path: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())
