@@ -456,6 +456,7 @@ class Pool:
                 wait(futures, timeout=0.5)
                 self.bar.n = len(self.succeeded)
                 self.bar.set_postfix_str(self.status(len(todo)))
+                # not a terminal: tqdm would rewrite its line with carriage returns, so a plain line now and then
                 if self.bar.disable and time.monotonic() - last_line >= self.args.status_every:
                     last_line = time.monotonic()
                     self.event(f"{len(self.succeeded)}/{len(todo)} done  {self.status(len(todo))}")

@@ -259,7 +259,8 @@ def stop(process: subprocess.Popen, grace_seconds: float = 10.0) -> None:
 
 class MetricsFollower:
     """Reads the rows a run appends to its metrics.csv (global_step, wall_time, name, value), a complete line at a
-    time, from where it stopped reading the last time."""
+    time, from where it stopped reading the last time. (By hand: pandas reads a whole file, not the new lines of one
+    still being written.)"""
 
     def __init__(self, path: Path):
         self.path, self.offset, self.partial, self.last_step = path, 0, b"", None
