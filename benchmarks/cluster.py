@@ -8,7 +8,6 @@ scripts turn into a checkpoint and exit status 143; benchmarks/run.py then submi
 benchmarks/local_slurm.sh starts a single-node Slurm on this machine to try it on.
 """
 
-import argparse
 import os
 import re
 import shutil
@@ -16,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -30,39 +29,22 @@ SQUEUE_EVERY_SECONDS = 10.0  # how often a job with no result yet is looked up i
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    partition: Optional[str] = field(default=None, metadata={"help": "partition to submit to (None: the cluster's "
-                                                                     "default)"})
-    time_min: int = field(default=24 * 60, metadata={"help": "time limit of each job, in minutes"})
-    cpus: Optional[int] = field(default=None, metadata={"help": "CPUs of each job (None: its threads; a tuner "
-                                                                "worker's: --seeds-per-trial x --threads)"})
-    gpus: int = field(default=0, metadata={"help": "GPUs of each job (give the scripts --cuda after `--`)"})
-    mem_gb: Optional[float] = field(default=None, metadata={"help": "memory of each job in GB (None: the "
-                                                                    "cluster's default)"})
-    signal_seconds: int = field(default=120, metadata={"help": "seconds before the time limit at which a job gets "
-                                                               "SIGTERM, to save its checkpoint"})
-    sbatch: tuple[str, ...] = field(default=(), metadata={"help": "more sbatch options as KEY=VALUE (e.g. "
-                                                                  "account=myproject qos=normal constraint=a100)"})
-    setup: tuple[str, ...] = field(default=(), metadata={"help": "shell lines each job runs first (e.g. 'source "
-                                                                 "venv/bin/activate')"})
-
-
-def add_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    """--cluster, and SlurmOptions as --slurm.NAME flags (the names benchmarks/tune.py's tyro parser gives them)."""
-    parser.add_argument("--cluster", choices=["local", "slurm"], default="local",
-                        help=f"where the {what} execute: this machine (default), or Slurm jobs through submitit")
-    group = parser.add_argument_group("Slurm (with --cluster slurm)")
-    for option in fields(SlurmOptions):
-        flag = "--slurm." + option.name.replace("_", "-")
-        kind = str if option.name == "partition" else float if option.name == "mem_gb" else int
-        extra = dict(nargs="+", metavar="TEXT", type=str) if option.name in ("sbatch", "setup") else dict(type=kind)
-        group.add_argument(flag, dest="slurm_" + option.name, default=option.default,
-                           help=f"{option.metadata['help']} (default: {option.default})", **extra)
-
-
-def options_from(namespace: argparse.Namespace) -> SlurmOptions:
-    return SlurmOptions(**{option.name: (tuple(value) if option.name in ("sbatch", "setup") else value)
-                           for option in fields(SlurmOptions)
-                           for value in [getattr(namespace, "slurm_" + option.name)]})
+    partition: Optional[str] = None
+    """partition to submit to (None: the cluster's default)"""
+    time_min: int = 24 * 60
+    """time limit of each job, in minutes"""
+    cpus: Optional[int] = None
+    """CPUs of each job (None: its threads; a tuner worker's: --seeds-per-trial x --threads)"""
+    gpus: int = 0
+    """GPUs of each job (give the scripts --cuda after `--`)"""
+    mem_gb: Optional[float] = None
+    """memory of each job in GB (None: the cluster's default)"""
+    signal_seconds: int = 120
+    """seconds before the time limit at which a job gets SIGTERM, to save its checkpoint"""
+    sbatch: tuple[str, ...] = ()
+    """more sbatch options as KEY=VALUE (e.g. account=myproject qos=normal constraint=a100)"""
+    setup: tuple[str, ...] = ()
+    """shell lines each job runs first (e.g. 'source venv/bin/activate')"""
 
 
 def problems(options: SlurmOptions) -> list[str]:
@@ -137,13 +119,18 @@ class LocalJob:
 
 
 class SlurmJob:
-    """`python SCRIPT ARGV` as a Slurm job, submitted through submitit."""
+    """`python SCRIPT ARGV` as a Slurm job, submitted through submitit, which also reads its result and cancels it.
+    Whether it has ended is asked of squeue by hand: submitit's job.done() asks sacct, which needs Slurm's accounting
+    (local_slurm.sh and many small clusters have none), and without it a job that died without a result never ends."""
 
     def __init__(self, executor, script: Path, argv: list[str], stdout: Path, stderr: Path, threads: int):
         self.job = executor.submit(run_on_node, [sys.executable, str(script), *argv], str(stdout), str(stderr),
                                    run_environment(threads))
-        self.id = str(self.job.job_id)
         self.looked_up = time.monotonic()
+
+    @property
+    def id(self) -> str:
+        return str(self.job.job_id)  # a job array's task (ID_N) has its id once the array is submitted
 
     def poll(self) -> tuple[bool, Optional[int], str]:
         if self.job.paths.result_pickle.exists():
@@ -176,3 +163,15 @@ def slurm_state(job_id: str) -> Optional[str]:
     except (OSError, subprocess.TimeoutExpired):
         return "UNKNOWN"  # squeue is not answering: not a reason to call the job ended
     return output[0] if output else None
+
+
+def as_ended(jobs: list, poll_seconds: float = 1.0):
+    """(job, exit status, how it ended) for each of `jobs` (LocalJob or SlurmJob), as each one ends."""
+    running = list(jobs)
+    while running:
+        for job in list(running):
+            done, code, how = job.poll()
+            if done:
+                running.remove(job)
+                yield job, code, how
+        time.sleep(poll_seconds if running else 0)

@@ -16,15 +16,15 @@ seeds), it also prints each seed's mean return under every one of them, and a ro
 that one of its seeds beats one of the baseline's (Agarwal et al. 2021's probability of improvement) and its interval.
 """
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from plot import iqm_and_interval, probability_of_improvement
-from script_runs import REPO_ROOT, ScriptError, find_script, load_script, read_json
+from script_runs import REPO_ROOT, ScriptError, cli, find_script, load_script, read_json
 
 
 def finished_runs(runs_dir: Path, exp_name: str) -> list[Path]:
@@ -66,9 +66,11 @@ def table(results: list[dict], threshold: float) -> str:
     means, (iqm, low, high), minutes = over_seeds(results)
     lines = ["| seed | mean return | std | episodes | steps | training wall time |", "|---|---|---|---|---|---|"]
     lines += [f"| {result['seed']} | {mean:.1f} | {np.std(result['returns']):.1f} | {len(result['returns'])} | "
-              f"{result['global_step']:,} | {result['wall_time_s'] / 60:.1f} min |" for result, mean in zip(results, means)]
+              f"{result['global_step']:,} | {result['wall_time_s'] / 60:.1f} min |"
+              for result, mean in zip(results, means)]
     return "\n".join(lines) + (
-        f"\n\n{len(results)} seeds: IQM {iqm:.1f} [{low:.1f}, {high:.1f}], mean {means.mean():.1f} ± {means.std():.1f}, "
+        f"\n\n{len(results)} seeds: IQM {iqm:.1f} [{low:.1f}, {high:.1f}], "
+        f"mean {means.mean():.1f} ± {means.std():.1f}, "
         f"worst seed {means.min():.1f} (seed {results[int(means.argmin())]['seed']}), {int((means >= threshold).sum())}"
         f" of {len(results)} seeds >= {threshold:g}; training wall time {minutes.mean():.1f} min a run "
         f"(max {minutes.max():.1f})")
@@ -79,7 +81,8 @@ def comparison(results: dict[str, list[dict]], threshold: float) -> str:
     row per exp name: IQM [95% CI], mean ± std, worst seed, seeds >= threshold, P(better than the baseline) [95% CI]
     and the training wall time."""
     names = list(results)
-    means = {name: {result["seed"]: float(np.mean(result["returns"])) for result in runs} for name, runs in results.items()}
+    means = {name: {result["seed"]: float(np.mean(result["returns"])) for result in runs}
+             for name, runs in results.items()}
     seeds = sorted(set().union(*means.values()))
     lines = ["| seed | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {seed} | " + " | ".join(f"{means[name][seed]:.1f}" if seed in means[name] else "" for name in names)
@@ -97,27 +100,35 @@ def comparison(results: dict[str, list[dict]], threshold: float) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class Args:
+    script: str
+    """the script whose runs to evaluate (e.g. dqn_lunar.py)"""
+    runs_dir: str = str(REPO_ROOT / "benchmarks" / "runs")
+    """folder of the run directories"""
+    exp_name: tuple[str, ...] = ()
+    """the runs' exp name (none given: the script's stem; STEM-TAG for a --tag); several: a baseline, then variants
+    compared with it"""
+    episodes: int = 100
+    """evaluation episodes per run"""
+    threshold: float = 200.0
+    """return that counts a seed as solved in the table (LunarLander's)"""
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/final_eval.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--script", required=True, help="the script whose runs to evaluate (e.g. dqn_lunar.py)")
-    parser.add_argument("--runs-dir", default=str(REPO_ROOT / "benchmarks" / "runs"),
-                        help="folder of the run directories (default: benchmarks/runs)")
-    parser.add_argument("--exp-name", nargs="+", metavar="EXP_NAME",
-                        help="the runs' exp name (default: the script's stem; STEM-TAG for a --tag); several: a "
-                             "baseline, then variants compared with it")
-    parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per run (default: 100)")
-    parser.add_argument("--threshold", type=float, default=200.0,
-                        help="return that counts a seed as solved in the table (default: 200, LunarLander's)")
-    args = parser.parse_args(argv)
-    if args.episodes < 1:
-        parser.error(f"--episodes must be >= 1 (got {args.episodes})")
-    path = find_script(args.script)
-    if path is None:
-        parser.error(f"script not found: {args.script}")
-    names = list(dict.fromkeys(args.exp_name or [path.stem]))
-    runs = {name: finished_runs(Path(args.runs_dir), name) for name in names}
-    if missing := [name for name in names if not runs[name]]:
-        parser.error(f"no finished run of {missing[0]} with a checkpoint.pt in {args.runs_dir}")
+    try:
+        args = cli(Args, argv, "benchmarks/final_eval.py", __doc__.split("\n\n")[0])
+        if args.episodes < 1:
+            raise ScriptError(f"--episodes must be >= 1 (got {args.episodes})")
+        if (path := find_script(args.script)) is None:
+            raise ScriptError(f"script not found: {args.script}")
+        names = list(dict.fromkeys(args.exp_name or [path.stem]))
+        runs = {name: finished_runs(Path(args.runs_dir), name) for name in names}
+        if missing := [name for name in names if not runs[name]]:
+            raise ScriptError(f"no finished run of {missing[0]} with a checkpoint.pt in {args.runs_dir}")
+    except ScriptError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         script = load_script(args.script, path)
         results = {name: [] for name in names}

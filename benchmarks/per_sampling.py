@@ -4,50 +4,45 @@ double_dueling_per_dqn.py's sum-tree next to the naive way that tutorials write 
     python benchmarks/per_sampling.py                      # about a minute on a 2-core CPU
     python benchmarks/per_sampling.py --capacity 100000 --rounds 5
 
-One operation is what a training step of prioritized replay does besides the network: draw a batch of 32 indices in
-proportion to p_i^alpha, compute their importance weights (N * P(i))^-beta / max, and write the 32 new priorities.
-
-- ours: `PrioritizedSampler` of double_dueling_per_dqn.py, a sum-tree walked level by level for the whole batch in
-  NumPy (stratified sampling, as Schaul et al. 2016, Appendix B.2.1), O(log N) per transition;
-- naive: the priorities in a flat array, P = p^alpha / sum(p^alpha) recomputed from them at every step, then
-  `np.random.choice(N, 32, p=P)`, O(N) per step (and np.random.choice builds a cumulative sum of P every call).
-
-Both are timed in alternating rounds; the figure per method is the median over rounds of the mean time per operation,
-in CPU time of this process (robust to other processes on a busy machine) and in wall time. The ratio printed is of
-the CPU times.
+One operation: draw 32 indices in proportion to p_i^alpha, their weights (N * P(i))^-beta / max, and write 32 new
+priorities. Ours: `PrioritizedSampler`, a sum-tree walked level by level for the whole batch in NumPy (stratified, as
+Schaul et al. 2016, Appendix B.2.1), O(log N); naive: P = p^alpha / sum(p^alpha) recomputed every step, then
+`np.random.choice(N, 32, p=P)`, O(N). Alternating rounds; per method the median over rounds of the mean CPU (robust on
+a busy machine) and wall time per operation; the ratio printed is of the CPU times.
 """
 
-import argparse
 import os
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
+import tyro  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.timing import per_call  # noqa: E402
 from double_dueling_per_dqn import PrioritizedSampler  # noqa: E402
 
 ALPHA, BETA, EPSILON = 0.6, 0.4, 1e-6
 
 
-def time_per_operation(operation, repeats: int) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) per call of `operation`, averaged over `repeats` calls."""
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(repeats):
-        operation()
-    return (time.process_time() - cpu) / repeats, (time.perf_counter() - wall) / repeats
+@dataclass
+class Options:
+    capacity: int = 1_000_000
+    """transitions in the (full) buffer"""
+    batch_size: int = 32
+    """transitions sampled per operation"""
+    rounds: int = 5
+    """alternating timing rounds per method"""
+    ours_repeats: int = 2000
+    """operations per round, ours"""
+    naive_repeats: int = 20
+    """operations per round, naive"""
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--capacity", type=int, default=1_000_000, help="transitions in the (full) buffer")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per method")
-    parser.add_argument("--ours-repeats", type=int, default=2000, help="operations per round, ours")
-    parser.add_argument("--naive-repeats", type=int, default=20, help="operations per round, naive")
-    options = parser.parse_args()
+    options = tyro.cli(Options, description=__doc__.split("\n\n")[0])
     n, batch_size = options.capacity, options.batch_size
     rng = np.random.default_rng(0)
     td_errors = rng.exponential(1.0, size=n)  # a full buffer of transitions with varied priorities
@@ -75,7 +70,7 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
     for round_index in range(options.rounds):
         for name, (operation, repeats) in contenders.items():
-            results[name].append(time_per_operation(operation, repeats))
+            results[name].append(per_call(operation, repeats, repeats=1, warmup=0))
         print(f"round {round_index + 1}/{options.rounds}: " + ", ".join(
             f"{name} {runs[-1][0] * 1e6:,.0f} us" for name, runs in results.items()), flush=True)
     print(f"\nsample {batch_size} + update their priorities, full buffer of {n:,} transitions "

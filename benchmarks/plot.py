@@ -3,44 +3,36 @@
     python benchmarks/plot.py                      # benchmarks/runs -> benchmarks/runs/benchmark.{png,svg,md}
     python benchmarks/plot.py --runs-dir benchmarks/runs --out-dir docs/benchmarks --band minmax --smooth 20
 
-Reads every run directory under --runs-dir (args.json, metrics.csv, summary.json). One column per env; the top row
-draws episodic return against env steps, the bottom row against wall time since the run started. Each script (each
-exp name) is one line: the mean over its seeds of each seed's smoothed curve, with a shaded band (the standard
-deviation over seeds, their min-max with --band minmax; --band iqm draws the interquartile mean with its 95%
-stratified-bootstrap interval). Smoothing: each point is the mean of the last --smooth episodes of that seed.
-Published reference values are drawn as labelled horizontal lines (sources: REFERENCES).
-
-The table gives, per script and env, the final evaluation return: each seed's summary.json `eval_mean` (the mean of
-its final greedy evaluation), as the interquartile mean over seeds with its 95% stratified-bootstrap confidence
-interval (Agarwal et al. 2021, with rliable) and as the mean ± standard deviation, with the number of seeds, env
-steps and wall time per run, and the env steps to the first evaluation whose mean reached the env's "solved"
-threshold (the median over seeds, and each seed's). Only finished runs count (summary.json with a status other than
-"interrupted"); with --include-unfinished, runs still going or interrupted are drawn and tabulated too, marked
-"partial", their "final" value being the last evaluation in their metrics.csv.
+Reads every run directory under --runs-dir (args.json, metrics.csv, summary.json). One column per env, return against
+env steps (top) and wall time (bottom); one line per exp name: the mean over seeds of each seed's curve smoothed over
+its last --smooth episodes, with a band of ±1 std (--band minmax: min to max; --band iqm: the interquartile mean and
+its 95% stratified-bootstrap interval). Published values are labelled horizontal lines (sources: REFERENCES).
+The table gives per script and env the final evaluation (each seed's summary.json `eval_mean`) as the IQM over seeds
+with its 95% interval (Agarwal et al. 2021, rliable) and as mean ± std, each seed's, env steps, wall time, and the env
+steps to the first evaluation at the env's "solved" threshold. Only finished runs count; --include-unfinished adds the
+others, marked "partial", with the last evaluation in their metrics.csv.
 """
 
-import argparse
-import csv
 import json
 import math
-import re
 import sys
 import textwrap
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import scipy.stats  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from script_runs import REPO_ROOT, read_json  # noqa: E402
+from script_runs import REPO_ROOT, RunDir, ScriptError, cli, find_runs  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -91,16 +83,8 @@ REFERENCES: dict[str, list[Reference]] = {
 
 
 @dataclass
-class Run:
-    path: Path
-    args: dict
-    summary: Optional[dict]
-    start_time: float
+class Run(RunDir):
     metrics: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N, 3] rows (global_step, wall_time, value)
-
-    @property
-    def finished(self) -> bool:
-        return self.summary is not None and self.summary.get("status") != "interrupted"
 
     @property
     def script(self) -> str:
@@ -133,31 +117,21 @@ class Group:
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:
-    rows: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-    with open(path, newline="") as file:
-        for row in csv.reader(file):
-            if len(row) != 4 or row[0] == "global_step":
-                continue  # the header, or a last row cut short by a crash
-            try:
-                rows[row[2]].append((float(row[0]), float(row[1]), float(row[3])))
-            except ValueError:
-                continue
-    return {name: np.array(values) for name, values in rows.items()}
+    """{name: [N, 3] rows (global_step, wall_time, value)}; a last row cut short by a crash is dropped."""
+    try:
+        frame = pd.read_csv(path, on_bad_lines="skip", dtype=str)
+    except pd.errors.EmptyDataError:
+        return {}
+    numbers = frame[["global_step", "wall_time", "value"]].apply(pd.to_numeric, errors="coerce")
+    frame = numbers.assign(name=frame["name"]).dropna()
+    return {name: rows[["global_step", "wall_time", "value"]].to_numpy(float) for name, rows in frame.groupby("name")}
 
 
 def load_runs(runs_dirs: list[Path]) -> list[Run]:
     """Every directory below runs_dirs with an args.json and a metrics.csv (the runner's _logs/ has neither)."""
-    runs = []
-    for runs_dir in runs_dirs:
-        for args_path in sorted(runs_dir.rglob("args.json")):
-            path = args_path.parent
-            args = read_json(args_path)
-            if not args or not {"env_id", "exp_name", "seed"} <= args.keys() or not (path / "metrics.csv").is_file():
-                continue
-            match = re.search(r"__(\d+)_*$", path.name)
-            start_time = float(match.group(1)) if match else args_path.stat().st_mtime
-            runs.append(Run(path, args, read_json(path / "summary.json"), start_time))
-    return runs
+    paths = [path.parent for runs_dir in runs_dirs for path in sorted(runs_dir.rglob("args.json"))
+             if (path.parent / "metrics.csv").is_file()]
+    return [Run(run.path, run.args, run.summary) for run in find_runs(paths)]
 
 
 def group_runs(runs: list[Run], include_unfinished: bool) -> list[Group]:
@@ -168,7 +142,7 @@ def group_runs(runs: list[Run], include_unfinished: bool) -> list[Group]:
             by_seed[(run.args["exp_name"], run.args["env_id"], int(run.args["seed"]))].append(run)
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for (exp_name, env_id, seed), found in sorted(by_seed.items()):
-        found.sort(key=lambda run: (run.finished, run.start_time))
+        found.sort(key=lambda run: (run.finished, run.started_at))
         if len(found) > 1:
             print(f"note: {len(found)} runs of {exp_name} {env_id} seed {seed}; using {found[-1].path}",
                   file=sys.stderr)
@@ -181,10 +155,7 @@ def group_runs(runs: list[Run], include_unfinished: bool) -> list[Group]:
 
 def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     """Mean of the last `window` values at each position (fewer at the start)."""
-    sums = np.cumsum(np.insert(values, 0, 0.0))
-    ends = np.arange(1, len(values) + 1)
-    starts = np.maximum(ends - window, 0)
-    return (sums[ends] - sums[starts]) / (ends - starts)
+    return pd.Series(values, dtype=float).rolling(window, min_periods=1).mean().to_numpy()
 
 
 def bootstrap(score_dict: dict, func, reps: int) -> tuple[dict, dict]:
@@ -259,7 +230,7 @@ def seed_curves(group: Group, metric: str, smooth: int, axis: str) -> list[tuple
         if rows is None or len(rows) == 0:
             continue
         rows = rows[np.argsort(rows[:, 0], kind="stable")]
-        x = rows[:, 0] if axis == "steps" else rows[:, 1] - run.start_time
+        x = rows[:, 0] if axis == "steps" else rows[:, 1] - run.started_at
         order = np.argsort(x, kind="stable")
         curves.append((x[order], trailing_mean(rows[order, 2], smooth)))
     return curves
@@ -373,7 +344,7 @@ def final_values(run: Run) -> tuple[Optional[float], int, float]:
     evals = run.metrics.get("eval/episodic_return")
     last = max((rows[-1, :2] for rows in run.metrics.values() if len(rows)), key=lambda r: r[0], default=None)
     steps = int(last[0]) if last is not None else 0
-    wall = float(last[1] - run.start_time) if last is not None else 0.0
+    wall = float(last[1] - run.started_at) if last is not None else 0.0
     return (float(evals[-1, 2]) if evals is not None and len(evals) else None), steps, wall
 
 
@@ -453,34 +424,39 @@ def table(groups: list[Group], envs: list[str]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+@dataclass
+class Args:
+    runs_dir: tuple[str, ...] = (str(REPO_ROOT / "benchmarks" / "runs"),)
+    """folders holding the run directories, searched recursively"""
+    out_dir: Optional[str] = None
+    """where to write NAME.png, NAME.svg and NAME.md (None: the first --runs-dir)"""
+    name: str = "benchmark"
+    """file name of the outputs"""
+    envs: tuple[str, ...] = ()
+    """envs to show, in this order (none given: all, sorted)"""
+    exp_names: tuple[str, ...] = ()
+    """exp names (scripts' stems by default) to show (none given: all)"""
+    metric: str = "charts/episodic_return"
+    """metric to draw (also eval/episodic_return)"""
+    smooth: int = 10
+    """each seed's curve is the mean of its last SMOOTH values (episodes)"""
+    band: Literal["std", "minmax", "iqm"] = "std"
+    """line and band: the mean with ±1 standard deviation (std) or min to max (minmax) over seeds, or the
+    interquartile mean with its 95% stratified-bootstrap interval (iqm)"""
+    include_unfinished: bool = False
+    """also draw and tabulate runs that have not finished, marked partial"""
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/plot.py", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs-dir", nargs="+", default=[str(REPO_ROOT / "benchmarks" / "runs")],
-                        help="folders holding the run directories, searched recursively (default: benchmarks/runs)")
-    parser.add_argument("--out-dir", help="where to write NAME.png, NAME.svg and NAME.md (default: the first "
-                                          "--runs-dir)")
-    parser.add_argument("--name", default="benchmark", help="file name of the outputs (default: benchmark)")
-    parser.add_argument("--envs", nargs="+", help="envs to show, in this order (default: all, sorted)")
-    parser.add_argument("--exp-names", nargs="+", help="exp names (scripts' stems by default) to show (default: all)")
-    parser.add_argument("--metric", default="charts/episodic_return",
-                        help="metric to draw (default: charts/episodic_return; also eval/episodic_return)")
-    parser.add_argument("--smooth", type=int, default=10,
-                        help="each seed's curve is the mean of its last SMOOTH values (episodes) (default: 10)")
-    parser.add_argument("--band", choices=["std", "minmax", "iqm"], default="std",
-                        help="line and band: the mean over seeds with ±1 standard deviation (std) or with min to max "
-                             "(minmax), or the interquartile mean with its 95%% stratified-bootstrap interval (iqm) "
-                             "(default: std)")
-    parser.add_argument("--include-unfinished", action="store_true",
-                        help="also draw and tabulate runs that have not finished, marked partial")
-    args = parser.parse_args(argv)
-    if args.smooth < 1:
-        parser.error(f"--smooth must be >= 1 (got {args.smooth})")
-    runs_dirs = [Path(path) for path in args.runs_dir]
-    missing = [str(path) for path in runs_dirs if not path.is_dir()]
-    if missing:
-        print(f"error: no such folder: {', '.join(missing)}", file=sys.stderr)
+    try:
+        args = cli(Args, argv, "benchmarks/plot.py", __doc__)
+        runs_dirs = [Path(path) for path in args.runs_dir]
+        if args.smooth < 1:
+            raise ScriptError(f"--smooth must be >= 1 (got {args.smooth})")
+        if missing := [str(path) for path in runs_dirs if not path.is_dir()]:
+            raise ScriptError(f"no such folder: {', '.join(missing)}")
+    except ScriptError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     groups = group_runs(load_runs(runs_dirs), args.include_unfinished)
     if args.envs:

@@ -7,62 +7,44 @@
     python benchmarks/run.py --cluster slurm --slurm.partition gpu --slurm.gpus 1 --slurm.time-min 600 \
         --scripts dqn_atari.py --env-ids PongNoFrameskip-v4 BreakoutNoFrameskip-v4 --seeds 1 2 3 -- --cuda
 
-Every run is `python SCRIPT --env-id ENV --seed N --runs-dir RUNS_DIR --exp-name NAME [args after --]` with one
-thread (OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1), its stdout and stderr appended to
-`RUNS_DIR/_logs/`: a child process of this runner (--cluster local), or a Slurm job (--cluster slurm, through
-submitit; its submission files in `RUNS_DIR/_slurm/`). A run cut short by SIGTERM (a preempted or cancelled job, one
-at its time limit, a `kill`) saves a checkpoint and is submitted again with --resume, up to --max-resumes times.
-The runs write their directories under RUNS_DIR as usual; `benchmarks/plot.py` draws them. Exit status: 0 when every
-run of this shard has finished, 1 when one failed, 2 for a usage error, 130 when interrupted.
+A run is `python SCRIPT --env-id ENV --seed N --runs-dir RUNS_DIR --exp-name NAME [args after --]` on one thread, its
+output appended to RUNS_DIR/_logs/: a child process, or a Slurm job (submitit's files in RUNS_DIR/_slurm/). One cut
+short by SIGTERM (preempted, cancelled, at its time limit) saves a checkpoint and is submitted again with --resume.
+Exit status: 0 when every run of this shard finished, 1 when one failed, 2 for a usage error, 130 when interrupted.
+
+Done: a combination (env id, exp name = the script's stem or STEM-TAG, seed, from each run's args.json) is skipped
+when a run directory of it holds a summary.json whose status is not "interrupted". Every setting the run would get
+(the flags after --, checked by the script's own parser and checks before any run, and its defaults) is compared
+with that run's args.json; a difference is an error (use another --tag or --runs-dir), except for settings that do
+not change what a run learns (--track, --capture-video, --save-model, --torch-threads, ...).
+Unfinished (no finished summary.json): --unfinished resume continues the newest one with a checkpoint.pt (its
+metrics.csv continues; its replay starts empty unless it was saved, --save-replay; its summary's wall time counts
+the resumed part); --unfinished restart, or no checkpoint.pt, starts afresh, moving the old directories to
+RUNS_DIR/_unfinished/. --shard I/N takes every N-th combination of the list sorted by (script, env, seed) from the
+I-th: give every machine the same --scripts, --env-ids, --seeds and --tag, and one runner per shard.
+Progress: a tqdm status line on a terminal, else one every --status-every seconds; starts and ends, a line each.
 """
 
-import argparse
 import re
-import shutil
 import signal
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union
+
+from tqdm import tqdm
 
 import cluster
-from script_runs import (REPO_ROOT, MetricsFollower, ScriptError, check_writable, find_script, load_script, read_json,
-                         setting_conflicts)
+from cluster import SlurmOptions
+from script_runs import (REPO_ROOT, MetricsFollower, RunDir, ScriptError, check_writable, cli, find_runs, find_script,
+                         load_script, read_json, setting_conflicts)
 
+SUBMITTING = threading.Lock()
 # the runner sets these per run; after `--` they would silently break the skip logic or collide between runs
 RESERVED_FLAGS = ["--env-id", "--seed", "--runs-dir", "--exp-name", "--resume", "--eval-checkpoint"]
-
-EPILOG = """\
-which envs go with which script:
-  --env-ids applies to every script given without a list of its own; SCRIPT.py:ENV1,ENV2 gives that script its
-  own envs, e.g. `--scripts dqn.py:CartPole-v1,Acrobot-v1 dqn_lunar.py:LunarLander-v3` (no --env-ids needed).
-
-what counts as done:
-  A combination is identified by (env id, exp name, seed), read from each run directory's args.json; the exp name
-  is the script's stem, or STEM-TAG with --tag. It is skipped when a run directory for it holds a summary.json whose
-  status is not "interrupted". Every setting the run would get (the flags after --, and the script's defaults for
-  the rest, as the script's own parser reads them) is compared with that run's args.json, and a difference is an
-  error (a run made with other settings is not this benchmark's run): use another --tag or --runs-dir. Settings that
-  do not change what a run learns (--track, --capture-video, --save-model, --torch-threads, ...) are not compared.
-  The flags after -- are checked by the script's own checks before any run starts.
-
-unfinished runs (a directory without a finished summary.json: Ctrl-C, a crash, a killed machine):
-  --unfinished resume (default): continue the newest one that has a checkpoint.pt with the script's --resume;
-    its metrics.csv continues (the script drops rows after the checkpoint's step), its replay buffer starts empty
-    unless the run was saving it (--save-replay), and its summary's wall time counts only the resumed part.
-  --unfinished restart, or no checkpoint.pt: start a fresh run; the unfinished directories are moved to
-    RUNS_DIR/_unfinished/ (kept, never deleted), so that the plots cannot mix them in.
-
-sharding across machines:
-  --shard I/N (1 <= I <= N) takes every N-th combination of the list sorted by (script, env, seed), starting at
-  the I-th. Give every machine the same --scripts/--env-ids/--seeds/--tag so that the N shards partition the same
-  list; the only coordination is the shared --runs-dir. Do not run two runners on the same shard at once.
-
-progress: on a terminal one status line is redrawn in place; otherwise a status line is printed every
---status-every seconds. Starts, finishes and failures are always printed, one line each.
-"""
-
 
 @dataclass(frozen=True, order=True)
 class Combination:
@@ -80,22 +62,6 @@ class Combination:
     def file_stem(self) -> str:
         """the run directory's name without its start time, as the scripts build it"""
         return f"{self.env_id.replace('/', '-').replace(':', '-')}__{self.exp_name}__{self.seed}"
-
-
-@dataclass
-class RunDir:
-    path: Path
-    args: dict
-    summary: Optional[dict]
-
-    @property
-    def finished(self) -> bool:
-        return self.summary is not None and self.summary.get("status") != "interrupted"
-
-    @property
-    def started_at(self) -> float:
-        match = re.search(r"__(\d+)_*$", self.path.name)
-        return float(match.group(1)) if match else self.path.stat().st_mtime
 
 
 class UsageError(Exception):
@@ -189,18 +155,10 @@ def requested_settings(combinations: list[Combination], extra_args: list[str]) -
 def scan_runs(runs_dir: Path) -> dict[tuple[str, str, int], list[RunDir]]:
     """Run directories directly under runs_dir, by (env_id, exp_name, seed), oldest first."""
     runs: dict[tuple[str, str, int], list[RunDir]] = {}
-    if not runs_dir.is_dir():
-        return runs
-    for path in runs_dir.iterdir():
-        if not path.is_dir() or path.name.startswith("_"):
-            continue
-        args = read_json(path / "args.json")
-        if not args or not {"env_id", "exp_name", "seed"} <= args.keys():
-            continue
-        run = RunDir(path, args, read_json(path / "summary.json"))
-        runs.setdefault((args["env_id"], args["exp_name"], int(args["seed"])), []).append(run)
-    for found in runs.values():
-        found.sort(key=lambda run: (run.started_at, run.path.name))
+    paths = [path for path in runs_dir.iterdir() if path.is_dir() and not path.name.startswith("_")] \
+        if runs_dir.is_dir() else []
+    for run in sorted(find_runs(paths), key=lambda run: (run.started_at, run.path.name)):
+        runs.setdefault((run.args["env_id"], run.args["exp_name"], int(run.args["seed"])), []).append(run)
     return runs
 
 
@@ -294,42 +252,6 @@ def progress(job: Job, runs_dir: Path) -> str:
     return f"{step:,} steps"
 
 
-class Display:
-    """Event lines (start, done, failed) plus one status line: redrawn in place on a terminal, periodic otherwise."""
-
-    def __init__(self, status_every: float):
-        self.interactive = sys.stdout.isatty()
-        self.status_every = status_every
-        self.start = time.monotonic()
-        self.last_status = 0.0
-        self.status_shown = False
-
-    def clock(self) -> str:
-        return f"[{format_duration(time.monotonic() - self.start)}]"
-
-    def event(self, text: str) -> None:
-        if self.status_shown:
-            sys.stdout.write("\r\x1b[K")
-            self.status_shown = False
-        print(f"{self.clock()} {text}", flush=True)
-
-    def status(self, text: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.interactive:
-            width = shutil.get_terminal_size((120, 20)).columns - 1
-            sys.stdout.write("\r\x1b[K" + f"{self.clock()} {text}"[:width])
-            sys.stdout.flush()
-            self.status_shown = True
-        elif force or now - self.last_status >= self.status_every:
-            self.last_status = now
-            print(f"{self.clock()} {text}", flush=True)
-
-    def close(self) -> None:
-        if self.status_shown:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-
-
 def move_aside(run: RunDir, runs_dir: Path) -> Path:
     target_dir = runs_dir / "_unfinished"
     target_dir.mkdir(exist_ok=True)
@@ -358,9 +280,10 @@ def start(job: Job, runs_dir: Path, logs_dir: Path, extra_args: list[str], threa
     if executor is None:
         job.handle = cluster.LocalJob(job.combination.script, script_argv(job, runs_dir, extra_args), *logs, threads)
     else:
-        executor.update_parameters(job_name=re.sub(r"[^A-Za-z0-9._-]+", "_", job.combination.label))
-        job.handle = cluster.SlurmJob(executor, job.combination.script, script_argv(job, runs_dir, extra_args),
-                                      *logs, threads)
+        with SUBMITTING:  # the job's name is the executor's setting at submission, and the pool's threads share it
+            executor.update_parameters(job_name=re.sub(r"[^A-Za-z0-9._-]+", "_", job.combination.label))
+            job.handle = cluster.SlurmJob(executor, job.combination.script, script_argv(job, runs_dir, extra_args),
+                                          *logs, threads)
     job.started = time.monotonic()
 
 
@@ -421,62 +344,164 @@ def prepare_resubmission(job: Job) -> None:
         job.run_dir = None
 
 
+@dataclass
+class Args:
+    scripts: tuple[str, ...]
+    """scripts to run (relative to here or to the repository root): SCRIPT.py, or SCRIPT.py:ENV1,ENV2 with its own
+    envs"""
+    seeds: tuple[int, ...]
+    """seeds to run"""
+    env_ids: tuple[str, ...] = ()
+    """envs for every script given without a list of its own"""
+    workers: Optional[int] = None
+    """runs at a time (None: 1 with --cluster local; every run with --cluster slurm, whose scheduler queues them)"""
+    runs_dir: str = str(REPO_ROOT / "benchmarks" / "runs")
+    """folder the runs write to, shared between shards"""
+    tag: Optional[str] = None
+    """run a variant beside the baseline: exp name STEM-TAG instead of STEM"""
+    shard: Optional[str] = None
+    """I/N: run only the I-th of N disjoint parts of the combinations"""
+    unfinished: Literal["resume", "restart"] = "resume"
+    """what to do with a combination's unfinished run directory"""
+    threads_per_run: int = 1
+    """OMP/MKL/OpenBLAS threads per run"""
+    status_every: float = 60.0
+    """seconds between status lines when the output is not a terminal"""
+    max_resumes: int = 3
+    """times a run cut short by SIGTERM is submitted again with --resume"""
+    dry_run: bool = False
+    """print what would run, and run nothing"""
+    cluster: Literal["local", "slurm"] = "local"
+    """where the runs execute: this machine, or Slurm jobs through submitit"""
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    """the Slurm jobs of --cluster slurm"""
+
+
+def parse_args(argv: list[str]) -> tuple[Args, list[str]]:
+    own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = cli(Args, own, "benchmarks/run.py", __doc__)
+    problems = [f"--{name.replace('_', '-')} must be >= {low} (got {getattr(args, name)})"
+                for name, low in [("workers", 1), ("threads_per_run", 1), ("max_resumes", 0)]
+                if getattr(args, name) is not None and getattr(args, name) < low]
+    if args.cluster == "slurm":
+        problems += cluster.problems(args.slurm)
+    if problems:
+        raise UsageError("; ".join(problems))
+    if args.workers is None:
+        args.workers = 1 if args.cluster == "local" else sys.maxsize
+    return args, extra
+
+
+class Pool:
+    """Runs the jobs, `workers` at a time (concurrent.futures; a thread per job follows its process or Slurm job, and
+    submits it again when a SIGTERM cut it short), with a tqdm status line: redrawn in place on a terminal, printed
+    every --status-every seconds otherwise."""
+
+    def __init__(self, args: Args, runs_dir: Path, extra_args: list[str], executor):
+        self.args, self.runs_dir, self.extra_args, self.executor = args, runs_dir, extra_args, executor
+        self.running: list[Job] = []
+        self.succeeded: list[Job] = []
+        self.failed: list[Job] = []
+        self.stopping, self.gave_up = threading.Event(), threading.Event()
+        self.began = time.monotonic()
+
+    def event(self, text: str) -> None:
+        tqdm.write(f"[{format_duration(time.monotonic() - self.began)}] {text}", file=sys.stdout)
+
+    def follow(self, job: Job) -> None:
+        """Start the job's run and wait for it to end, again while a SIGTERM cuts it short (a preempted Slurm job)."""
+        logs_dir = self.runs_dir / "_logs"
+        while not self.stopping.is_set():
+            self.running.append(job)  # before starting it, so that an interrupt in between still finds its process
+            start(job, self.runs_dir, logs_dir, self.extra_args, self.args.threads_per_run, self.executor)
+            verb = {"run": "started", "resume": f"resuming {job.resume_from}",
+                    "restart": f"restarting ({len(job.unfinished)} unfinished dir(s) moved to _unfinished/)"}
+            slurm_job = f" (Slurm job {job.handle.id})" if self.executor else ""
+            self.event(f"{verb[job.action]}{slurm_job}: {job.combination.label}")
+            while not ended(job) and not self.gave_up.is_set():
+                time.sleep(0.5)
+            if self.stopping.is_set():
+                return
+            self.running.remove(job)
+            find_run_dir(job, self.runs_dir)  # a run that ended before the status line saw its directory
+            ok, how = outcome(job, self.runs_dir, logs_dir)
+            took = format_duration(time.monotonic() - job.started)
+            if not ok and cut_short(job) and job.resumes < self.args.max_resumes:  # preempted, cancelled, timed out
+                prepare_resubmission(job)
+                again = "with --resume" if job.action == "resume" else "afresh (it had saved no checkpoint)"
+                self.event(f"cut short ({took}): {job.combination.label}: {how}; submitting it again {again} "
+                           f"({job.resumes} of at most {self.args.max_resumes})")
+                continue
+            (self.succeeded if ok else self.failed).append(job)
+            self.event(f"{'done' if ok else 'FAILED'} ({took}): {job.combination.label}: {how}")
+            return
+
+    def status(self, total: int) -> str:
+        parts = [f"{len(self.failed)} failed"]
+        if self.running:
+            parts.append("running: " + ", ".join(f"{job.combination.label} {progress(job, self.runs_dir)}"
+                                                 for job in list(self.running)))
+        waiting = total - len(self.succeeded) - len(self.failed) - len(self.running)
+        return "  ".join(parts + ([f"{waiting} waiting"] if waiting else []))
+
+    def run(self, todo: list[Job]) -> None:
+        """Run every job; KeyboardInterrupt (Ctrl-C, or SIGTERM to this runner) once they have been told to stop."""
+        self.bar = tqdm(total=len(todo), file=sys.stdout, dynamic_ncols=True, disable=not sys.stdout.isatty(),
+                        bar_format="{n_fmt}/{total_fmt} done [{elapsed}]{postfix}")
+        threads = ThreadPoolExecutor(max_workers=min(self.args.workers, len(todo)))
+        futures = [threads.submit(self.follow, job) for job in todo]
+        last_line = time.monotonic()
+        try:
+            while not all(future.done() for future in futures):
+                wait(futures, timeout=0.5)
+                self.bar.n = len(self.succeeded)
+                self.bar.set_postfix_str(self.status(len(todo)))
+                # not a terminal: tqdm would rewrite its line with carriage returns, so a plain line now and then
+                if self.bar.disable and time.monotonic() - last_line >= self.args.status_every:
+                    last_line = time.monotonic()
+                    self.event(f"{len(self.succeeded)}/{len(todo)} done  {self.status(len(todo))}")
+            for future in futures:
+                future.result()  # a bug in the runner surfaces here
+        except KeyboardInterrupt:
+            self.stopping.set()
+            threads.shutdown(wait=False, cancel_futures=True)
+            self.bar.close()
+            self.stop_runs()
+            raise
+        self.bar.close()
+
+    def stop_runs(self) -> None:
+        """Ask each running run to save a checkpoint and stop; wait up to 120 s (or a second Ctrl-C) for them."""
+        print(f"\ninterrupted: {len(self.running)} run(s) are saving a checkpoint and stopping (Ctrl-C again: stop "
+              "waiting); run the same command again to continue", file=sys.stderr, flush=True)
+        running = [job for job in self.running if job.handle is not None]
+        for job in running:
+            job.handle.stop()
+        deadline = time.monotonic() + 120
+        try:
+            while time.monotonic() < deadline and not all([ended(job) for job in running]):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        self.gave_up.set()
+        for job in running:
+            state = f"exit status {job.exit_code}" if job.exit_code is not None else job.ended_how or "still running"
+            resumable = job.run_dir is not None and (job.run_dir / "checkpoint.pt").is_file()
+            then = "has a checkpoint.pt to resume from" if resumable else "no checkpoint.pt: will start again"
+            print(f"  interrupted: {job.combination.label} ({state}; {then})", file=sys.stderr)
+
+
 def raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/run.py", description=__doc__.split("\n\n")[0],
-        usage="%(prog)s --scripts SCRIPT.py[:ENV,...] ... [--env-ids ENV ...] --seeds N ... [options] "
-              "[-- ARGS FOR EVERY RUN]",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scripts", nargs="+", required=True, metavar="SCRIPT.py[:ENV,...]",
-                        help="scripts to run (relative to here or to the repository root), each optionally with its "
-                             "own comma-separated envs")
-    parser.add_argument("--env-ids", nargs="+", metavar="ENV",
-                        help="envs for every script given without its own list")
-    parser.add_argument("--seeds", nargs="+", type=int, required=True, metavar="N", help="seeds to run")
-    parser.add_argument("--workers", type=int,
-                        help="runs at a time (default: 1 with --cluster local; every run with --cluster slurm, whose "
-                             "scheduler queues them)")
-    parser.add_argument("--runs-dir", default=str(REPO_ROOT / "benchmarks" / "runs"),
-                        help="folder the runs write to, shared between shards (default: benchmarks/runs)")
-    parser.add_argument("--tag", help="run a variant beside the baseline: exp name STEM-TAG instead of STEM")
-    parser.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the combinations")
-    parser.add_argument("--unfinished", choices=["resume", "restart"], default="resume",
-                        help="what to do with a combination's unfinished run directory (default: resume)")
-    parser.add_argument("--threads-per-run", type=int, default=1,
-                        help="OMP/MKL/OpenBLAS threads per run (default: 1)")
-    parser.add_argument("--status-every", type=float, default=60.0,
-                        help="seconds between status lines when the output is not a terminal (default: 60)")
-    parser.add_argument("--max-resumes", type=int, default=3,
-                        help="times a run cut short by SIGTERM is submitted again with --resume (default: 3)")
-    parser.add_argument("--dry-run", action="store_true", help="print what would run, and run nothing")
-    cluster.add_arguments(parser, "runs")
-    args = parser.parse_args(own)
-    args.slurm = cluster.options_from(args)
-    if args.workers is None:
-        args.workers = 1 if args.cluster == "local" else sys.maxsize
-    if args.workers < 1:
-        parser.error(f"--workers must be >= 1 (got {args.workers})")
-    if args.threads_per_run < 1:
-        parser.error(f"--threads-per-run must be >= 1 (got {args.threads_per_run})")
-    if args.max_resumes < 0:
-        parser.error(f"--max-resumes must be >= 0 (got {args.max_resumes})")
-    if args.cluster == "slurm":
-        for problem in cluster.problems(args.slurm):
-            parser.error(problem)
-    return args, extra
-
-
 def main(argv: list[str]) -> int:
-    args, extra_args = parse_args(argv)
     try:
+        args, extra_args = parse_args(argv)
         shard_index, shard_count = parse_shard(args.shard)
         check_extra_args(extra_args)
-        all_combinations = build_combinations(args.scripts, args.env_ids, sorted(set(args.seeds)), args.tag)
+        all_combinations = build_combinations(list(args.scripts), list(args.env_ids), sorted(set(args.seeds)),
+                                              args.tag)
         combinations = shard(all_combinations, shard_index, shard_count)
         runs_dir = Path(args.runs_dir).resolve()
         jobs = plan(combinations, runs_dir, extra_args, args.unfinished)
@@ -509,67 +534,19 @@ def main(argv: list[str]) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
     executor = (cluster.executor(args.slurm, runs_dir / "_slurm", "dqn", args.threads_per_run)
                 if args.cluster == "slurm" else None)
-    display = Display(args.status_every)
-    waiting, running, succeeded, failed = list(todo), [], [], []
+    pool = Pool(args, runs_dir, extra_args, executor)
     # local runs have their own sessions, so a Ctrl-C in the terminal reaches only this process, which passes exactly
     # one SIGINT on to each run (a second one could cut short the checkpoint the run saves when interrupted)
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # e.g. a batch system ending the job
     try:
-        while waiting or running:
-            while waiting and len(running) < args.workers:
-                job = waiting.pop(0)
-                running.append(job)  # before starting it, so that an interrupt in between still finds its process
-                start(job, runs_dir, logs_dir, extra_args, args.threads_per_run, executor)
-                verb = {"run": "started", "resume": f"resuming {job.resume_from}",
-                        "restart": f"restarting ({len(job.unfinished)} unfinished dir(s) moved to _unfinished/)"}
-                slurm_job = f" (Slurm job {job.handle.id})" if executor else ""
-                display.event(f"{verb[job.action]}{slurm_job}: {job.combination.label}")
-            for job in [job for job in running if ended(job)]:
-                running.remove(job)
-                find_run_dir(job, runs_dir)  # a run that ended before the status line saw its directory
-                ok, how = outcome(job, runs_dir, logs_dir)
-                took = format_duration(time.monotonic() - job.started)
-                if not ok and cut_short(job) and job.resumes < args.max_resumes:  # preempted, cancelled, timed out
-                    prepare_resubmission(job)
-                    waiting.insert(0, job)
-                    again = "with --resume" if job.action == "resume" else "afresh (it had saved no checkpoint)"
-                    display.event(f"cut short ({took}): {job.combination.label}: {how}; submitting it again {again} "
-                                  f"({job.resumes} of at most {args.max_resumes})")
-                    continue
-                (succeeded if ok else failed).append(job)
-                display.event(f"{'done' if ok else 'FAILED'} ({took}): {job.combination.label}: {how}")
-            parts = [f"{len(succeeded)}/{len(todo)} done", f"{len(failed)} failed"]
-            if running:
-                parts.append("running: " + ", ".join(f"{job.combination.label} {progress(job, runs_dir)}"
-                                                     for job in running))
-            if waiting:
-                parts.append(f"{len(waiting)} waiting")
-            display.status("  ".join(parts))
-            time.sleep(0.5)
+        pool.run(todo)
     except KeyboardInterrupt:
-        display.close()
-        print(f"\ninterrupted: {len(running)} run(s) are saving a checkpoint and stopping (Ctrl-C again: stop "
-              "waiting); run the same command again to continue", file=sys.stderr, flush=True)
-        running = [job for job in running if job.handle is not None]
-        for job in running:
-            job.handle.stop()
-        deadline = time.monotonic() + 120
-        try:
-            while time.monotonic() < deadline and not all([ended(job) for job in running]):
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
-        for job in running:
-            state = f"exit status {job.exit_code}" if job.exit_code is not None else job.ended_how or "still running"
-            resumable = job.run_dir is not None and (job.run_dir / "checkpoint.pt").is_file()
-            then = "has a checkpoint.pt to resume from" if resumable else "no checkpoint.pt: will start again"
-            print(f"  interrupted: {job.combination.label} ({state}; {then})", file=sys.stderr)
         return 130
-    display.close()
-    print(f"{len(succeeded)} run(s) finished, {len(failed)} failed, {counts['skip']} skipped as finished already")
-    for job in failed:
+    print(f"{len(pool.succeeded)} run(s) finished, {len(pool.failed)} failed, {counts['skip']} skipped as finished "
+          "already")
+    for job in pool.failed:
         print(f"  failed: {job.combination.label}: {outcome(job, runs_dir, logs_dir)[1]}")
-    return 1 if failed else 0
+    return 1 if pool.failed else 0
 
 
 if __name__ == "__main__":

@@ -52,6 +52,29 @@ def check_writable(folder: Path, what: str) -> None:
                 path.rmdir()
 
 
+def one_line(message: str) -> str:
+    """tyro's boxed error message (a title line, a rule, the reason maybe wrapped over lines, a rule) as one line."""
+    lines = [line.strip(" │╭╮╰╯─-") for line in message.splitlines()][1:]
+    while lines and not lines[0]:
+        lines.pop(0)
+    return " ".join(lines[:(lines + [""]).index("")]).replace(" .", ".") or "the flags do not parse"
+
+
+def cli(kind, argv: list[str], prog: str, description: str):
+    """A tool's command line parsed by tyro (`--help` as tyro prints it); ScriptError with tyro's reason in one line
+    when it does not parse."""
+    import tyro
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(kind, args=argv, prog=prog, description=description)
+    except SystemExit as exit:
+        if not exit.code:
+            raise
+        raise ScriptError(one_line(captured.getvalue())) from None
+
+
 def base_type(annotation) -> type:
     """int, float, str, bool or tuple for a field annotation; Optional[X] is X, Literal[...] is its items' type."""
     origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
@@ -94,12 +117,7 @@ class Script:
             with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
                 return self.module.parse_command_line(argv)
         except SystemExit:
-            # tyro's message: a title line, a rule, the reason (maybe wrapped over lines), a rule
-            lines = [line.strip(" │╭╮╰╯─-") for line in captured.getvalue().splitlines()][1:]
-            while lines and not lines[0]:
-                lines.pop(0)
-            reason = " ".join(lines[:(lines + [""]).index("")]).replace(" .", ".") or "the flags do not parse"
-            raise ScriptError(f"{self.name} rejects `{shlex.join(argv)}`: {reason}") from None
+            raise ScriptError(f"{self.name} rejects `{shlex.join(argv)}`: {one_line(captured.getvalue())}") from None
 
     def check(self, argv: list[str]) -> None:
         """Parse `argv` and run the script's own checks of its settings; ScriptError on a problem."""
@@ -156,6 +174,32 @@ def setting_conflicts(requested: dict, saved: dict) -> list[str]:
     return [f"{key}: {json.dumps(saved[key])} in the run, {json.dumps(value)} asked"
             for key, value in requested.items()
             if key not in UNCOMPARED_SETTINGS and key in saved and saved[key] != value]
+
+
+@dataclass
+class RunDir:
+    """A run directory of the scripts: its args.json, and its summary.json (None while it runs, or after a crash)."""
+
+    path: Path
+    args: dict
+    summary: Optional[dict]
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None and self.summary.get("status") != "interrupted"
+
+    @property
+    def started_at(self) -> float:
+        """The unix time the scripts put at the end of its name, else its args.json's modification time."""
+        match = re.search(r"__(\d+)_*$", self.path.name)
+        return float(match.group(1)) if match else (self.path / "args.json").stat().st_mtime
+
+
+def find_runs(paths) -> list[RunDir]:
+    """The run directories among `paths`: those whose args.json names an env_id, an exp_name and a seed."""
+    found = [(path, read_json(path / "args.json")) for path in paths]
+    return [RunDir(path, args, read_json(path / "summary.json")) for path, args in found
+            if args and {"env_id", "exp_name", "seed"} <= args.keys()]
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -215,7 +259,8 @@ def stop(process: subprocess.Popen, grace_seconds: float = 10.0) -> None:
 
 class MetricsFollower:
     """Reads the rows a run appends to its metrics.csv (global_step, wall_time, name, value), a complete line at a
-    time, from where it stopped reading the last time."""
+    time, from where it stopped reading the last time. (By hand: pandas reads a whole file, not the new lines of one
+    still being written.)"""
 
     def __init__(self, path: Path):
         self.path, self.offset, self.partial, self.last_step = path, 0, b"", None

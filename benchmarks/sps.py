@@ -5,34 +5,20 @@
     git show v1:dqn.py > /tmp/dqn_before.py && python benchmarks/sps.py --baseline /tmp/dqn_before.py   # before/after
     python benchmarks/sps.py --cleanrl "/path/to/venv/bin/python /path/to/cleanrl/dqn.py"   # CleanRL's own too
 
-The fixed configuration is CleanRL's dqn.py default (MLP 120-84, batch 128, train every 10 steps, target every 500,
-buffer 10k, learning starts 10k, Adam 2.5e-4, epsilon 1 -> 0.05; here over the 10k warm-up steps, so the timed steps
-are all in the steady learning phase). Printed:
-
-1. the floor: the measured cost of one vector-env step, one batch-1 action forward and one batch-128 update, combined
-   into the best possible steps per second for that configuration, with a torch forward for every action and the
-   default Adam ("naive"), and with dqn.py's NumPy forward (`greedy_actions`) and fused Adam;
-2. a reference loop written the way the textbook/CleanRL scripts are (a torch forward per greedy action, SB3's
-   ReplayBuffer, default Adam, gymnasium's SyncVectorEnv; without CleanRL's TensorBoard writes and prints, so it is
-   somewhat faster than CleanRL's script), and dqn.py itself at num_envs 1 and more, both timed over their learning
-   phase only, by wall time and by CPU time. Everything runs on one torch thread, so CPU time is what the wall time
-   would be on an idle machine: the CPU figures hold on a shared, busy machine, where wall-clock figures do not.
-3. with `--baseline PATH` (repeatable), another version of dqn.py, and then this checkout's dqn.py too, each run as a
-   subprocess with the same flags and timed by the child's wall and CPU time: the before/after of a change, in one run;
-4. with `--cleanrl COMMAND`, CleanRL's own dqn.py as well, run as a subprocess (COMMAND is the python and the script;
-   CleanRL pins gymnasium 0.29, so it needs its own virtual environment) with `--total-timesteps N
-   --exploration-fraction F --no-cuda` and `OMP_NUM_THREADS=1`, in a temporary directory. Its defaults are the
-   configuration above. Put its checkout on PYTHONPATH (its dqn.py imports `cleanrl_utils`).
-
-Timings: each round runs every contender in turn, and the median of its rounds is kept (a best-of-rounds figure
-rewards whichever contender met the machine's fastest moment). With `--count-instructions`, every contender runs as a
-subprocess under valgrind (`cachegrind`, no cache simulation) and the figure is the instructions it executes per
-learning-phase step: the same count whatever else the machine does, slow (minutes per contender), and a proxy for
-CPU time that ignores how fast each instruction runs. Every figure comes from this run on this machine, so compare
-the ratios, not the absolute numbers across machines.
+At CleanRL's dqn.py configuration (MLP 120-84, batch 128, train every 10 steps, target every 500, buffer 10k, learning
+starts 10k, Adam 2.5e-4, epsilon 1 -> 0.05 over the warm-up, so the timed steps are the learning phase), printed:
+1. the floor: one vector-env step, one batch-1 action and one batch-128 update, combined into the best possible steps
+   per second, the naive way (torch forward, default Adam) and dqn.py's (NumPy `greedy_actions`, fused Adam);
+2. the learning-phase speed, by wall and by CPU time on one thread, of a reference loop written the textbook/CleanRL
+   way (torch forward per action, SB3's ReplayBuffer, default Adam, no TensorBoard) and of dqn.py at each --num-envs;
+3. with --baseline PATH, that version of dqn.py and this checkout's, as subprocesses timed by their own clocks;
+4. with --cleanrl COMMAND (its python and script: it pins gymnasium 0.29, so it needs its own virtual environment,
+   and its checkout on PYTHONPATH), CleanRL's dqn.py with --total-timesteps, --exploration-fraction and --no-cuda.
+Rounds alternate the contenders and keep each one's median. --count-instructions counts instead the instructions of
+each per learning-phase step under valgrind (cachegrind, no cache simulation): the same on a busy machine, slow.
+Compare ratios, not absolute figures across machines.
 """
 
-import argparse
 import contextlib
 import copy
 import io
@@ -44,8 +30,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import gymnasium as gym  # noqa: E402
@@ -53,29 +40,22 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import tyro  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import dqn  # noqa: E402
-from benchmarks.cleanrl_subprocess import command_from_option, timed_run  # noqa: E402
+from benchmarks.timing import command_from_option, learning_phase_sps, per_call, timed_run, usage_error  # noqa: E402
 
 EXPLORATION_STEPS = 10_000  # epsilon reaches 0.05 when learning starts: the timed steps are the steady learning phase
 CLEANRL = dict(hidden_sizes=(120, 84), batch_size=128, train_frequency=10, target_network_frequency=500,
                buffer_size=10_000, learning_starts=10_000, learning_rate=2.5e-4, end_e=0.05, gamma=0.99, tau=1.0)
 
 
-def per_call_us(function, calls: int, repeats: int = 5) -> float:
-    """Best-of-`repeats` mean CPU time of one call in microseconds (CPU time, like the minimum, is what an idle
-    machine would show; the process runs one thread)."""
-    for _ in range(min(calls, 200)):
-        function()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        for _ in range(calls):
-            function()
-        best = min(best, (time.process_time() - start) / calls * 1e6)
-    return best
+def per_call_us(function, calls: int) -> float:
+    """Best-of-5 mean CPU time of one call in microseconds (CPU time, like the minimum, is what an idle machine would
+    show; the process runs one thread)."""
+    return per_call(function, calls, repeats=5, warmup=min(calls, 200))[0] * 1e6
 
 
 def floor_components() -> dict:
@@ -226,42 +206,37 @@ def cleanrl_run(command: list[str], total_timesteps: int, runs_dir: str) -> tupl
                                str(EXPLORATION_STEPS / total_timesteps), "--no-cuda", "--seed", "1"], runs_dir)
 
 
-def learning_phase_sps(run, short: int, long: int) -> tuple[float, float]:
-    """Steps per second of the steps between `short` and `long`, by wall time and by CPU time: run the contender for
-    both lengths and divide the extra steps by the extra time, which cancels set-up, the random-play warm-up before
-    learning starts, and the final evaluation. With one thread, CPU time is what the wall time would be on an idle
-    machine, so the CPU figure holds on a busy machine too."""
-    times = {}
-    for steps in (short, long):
-        wall, cpu = time.perf_counter(), time.process_time()
-        child_times = run(steps)  # a subprocess contender returns its own (wall, CPU) seconds
-        times[steps] = child_times or (time.perf_counter() - wall, time.process_time() - cpu)
-    return ((long - short) / (times[long][0] - times[short][0]), (long - short) / (times[long][1] - times[short][1]))
+@dataclass
+class Options:
+    steps: Optional[int] = None
+    """timed learning-phase env steps per contender (None: 20,000; 2,000 with --count-instructions)"""
+    rounds: int = 3
+    """alternating rounds; each contender's median is kept"""
+    num_envs: tuple[int, ...] = (1, 4, 16)
+    """num_envs values for dqn.py"""
+    threads: int = 1
+    """torch threads"""
+    baseline: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
+    """also time this version of dqn.py (and this checkout's) as a subprocess; repeatable"""
+    cleanrl: Optional[str] = None
+    """also time CleanRL's dqn.py: its python and script, e.g. '/path/to/cleanrl-venv/bin/python
+    /path/to/cleanrl/cleanrl/dqn.py'"""
+    count_instructions: bool = False
+    """count each contender's instructions under valgrind instead of timing it"""
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20_000, help="timed learning-phase env steps per contender")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each contender's median is kept")
-    parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16], help="num_envs values for dqn.py")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--baseline", metavar="PATH", action="append", default=[],
-                        help="also time this version of dqn.py (and this checkout's) as a subprocess; repeatable")
-    parser.add_argument("--cleanrl", metavar="COMMAND", help="also time CleanRL's dqn.py: its python and script, "
-                        "e.g. '/path/to/cleanrl-venv/bin/python /path/to/cleanrl/cleanrl/dqn.py'")
-    parser.add_argument("--count-instructions", action="store_true",
-                        help="count each contender's instructions under valgrind instead of timing it (--steps: 2000)")
-    options = parser.parse_args()
+    options = tyro.cli(Options, description=__doc__)
+    steps = options.steps or (2000 if options.count_instructions else 20_000)
     if options.count_instructions:
         if shutil.which("valgrind") is None:
-            parser.error("--count-instructions needs valgrind (apt-get install valgrind)")
-        steps = options.steps if options.steps != parser.get_default("steps") else 2000
+            usage_error("--count-instructions needs valgrind (apt-get install valgrind)")
         short = CLEANRL["learning_starts"] + 500
         reference = [sys.executable, "-c", "from benchmarks.sps import reference_loop; import sys; "
                      "reference_loop(int(sys.argv[1]))"]
         contenders = {"naive reference loop (CleanRL pattern)": lambda n, _: [*reference, str(n)]}
         if options.cleanrl:
-            command = command_from_option(parser, options.cleanrl)
+            command = command_from_option(options.cleanrl)
             contenders["CleanRL dqn.py"] = lambda n, runs_dir: [*command, "--total-timesteps", str(n),
                                                                  "--exploration-fraction", str(EXPLORATION_STEPS / n),
                                                                  "--no-cuda", "--seed", "1"]
@@ -270,12 +245,12 @@ def main() -> None:
         print(f"instructions per learning-phase step over {steps:,} steps, counted by valgrind\n")
         count_instructions(contenders, short, short + steps)
         return
-    if options.steps < 1000:
-        parser.error("--steps must be at least 1000")
+    if steps < 1000:
+        usage_error("--steps must be at least 1000")
     for path in options.baseline:
         if not Path(path).is_file():
-            parser.error(f"--baseline {path}: no such file")
-    cleanrl_command = command_from_option(parser, options.cleanrl)
+            usage_error(f"--baseline {path}: no such file")
+    cleanrl_command = command_from_option(options.cleanrl)
     torch.set_num_threads(options.threads)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores; CartPole-v1, "
@@ -296,7 +271,7 @@ def main() -> None:
 
     # alternate the contenders over several rounds and keep each one's best: on a shared machine the least-disturbed
     # round is the closest to the true speed, and alternating exposes every contender to the same load
-    short, long = CLEANRL["learning_starts"] + 2000, CLEANRL["learning_starts"] + 2000 + options.steps
+    short, long = CLEANRL["learning_starts"] + 2000, CLEANRL["learning_starts"] + 2000 + steps
     rates: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as runs_dir:
         references = {"naive reference loop (CleanRL pattern)": reference_loop}
@@ -320,7 +295,7 @@ def main() -> None:
             print(f"round {round_index + 1}/{options.rounds} done", flush=True)
     best = {name: (statistics.median(wall for wall, _ in runs), statistics.median(cpu for _, cpu in runs))
             for name, runs in rates.items()}
-    print(f"\nenv steps per second over {options.steps:,} learning-phase steps (epsilon 0.05), the median of "
+    print(f"\nenv steps per second over {steps:,} learning-phase steps (epsilon 0.05), the median of "
           f"{options.rounds} alternating rounds;\nby wall time, and by CPU time (= wall time on an idle machine, for "
           "one thread)")
     for reference in references:

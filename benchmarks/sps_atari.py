@@ -5,31 +5,18 @@
     python benchmarks/sps_atari.py --parts main --num-envs 1 --main-rounds 3 \
         --cleanrl "/path/to/venv/bin/python /path/to/cleanrl/cleanrl/dqn_atari.py"   # against CleanRL's own script
 
-Printed:
-1. the floor at the default settings: the cost of one env step (PongNoFrameskip-v4 with SB3's wrappers and the 4-frame
-   stack, in a SyncVectorEnv), one batch-1 action forward, storing one step in the frame replay, and one batch-32
-   update (sample + target forward + online forward/backward + Adam), combined into the steps per second the
-   loop cannot beat with one env: 1 / (env + act + store + update / train_frequency);
-2. dqn_atari.main() itself at the default settings, timed over its learning phase only (two runs that differ only in
-   length; the difference of their times is the cost of the extra learning steps), with epsilon already at its final
-   0.01, so that nearly every step calls the network, as in most of a 10M-step run; --num-envs 1 and 4; with
-   `--cleanrl COMMAND`, CleanRL's dqn_atari.py too, as a subprocess timed the same way (COMMAND is the python and
-   the script; CleanRL pins gymnasium 0.29, so it needs its own virtual environment, with its checkout on PYTHONPATH
-   for `cleanrl_utils`), with `--learning-starts 1000`, epsilon at 0.01 from the first step, `--buffer-size 100000`
-   (its replay of frame stacks at the default 1M would need 28 GB), `--no-cuda` and OMP_NUM_THREADS=1; with
-   `--main-rounds N` the contenders alternate N times and each keeps its best round;
-3. the update cost of the options tried for a cheaper update: channels-last memory, fused Adam, bf16 autocast,
-   torch.compile, and 2 torch threads instead of 1, each beside the plain eager fp32 update that dqn_atari.py uses
-   (the 2-thread rows' CPU time counts both threads: compare their wall time);
-4. in a child process (so nothing else counts): bytes per transition and peak RSS with a replay holding 200k
-   transitions of real Pong.
-
-Sections 1-3 run on one torch thread (except the 2-thread rows) and report CPU time (time.process_time) beside the
-wall time: with one thread, CPU time is what the wall time would be on an idle machine, so those figures hold on a
-shared, busy machine, where wall-clock figures do not. Compare ratios, not absolute numbers across machines.
+Printed, by CPU time on one torch thread beside wall time (compare ratios, not figures across machines):
+1. the floor: one env step (PongNoFrameskip-v4, SB3's wrappers, 4-frame stack), one batch-1 action, storing a step,
+   one batch-32 update, combined into 1 / (env + act + store + update / train_frequency) steps per second;
+2. dqn_atari.main() at the default settings over its learning phase (two runs that differ only in length), epsilon
+   at 0.01 throughout; with --cleanrl COMMAND (its python and script, in its own virtual environment for gymnasium
+   0.29, its checkout on PYTHONPATH), CleanRL's dqn_atari.py set up alike, its replay cut to 100k (1M frame stacks
+   would need 28 GB); --main-rounds N alternates the contenders and keeps each one's best;
+3. the update with channels-last, fused Adam, bf16 autocast, torch.compile or 2 threads, beside dqn_atari.py's plain
+   eager fp32 one (the 2-thread rows' CPU time counts both threads: compare their wall time);
+4. in a child process: bytes per transition and peak RSS of a replay holding 200k transitions of real Pong.
 """
 
-import argparse
 import contextlib
 import io
 import json
@@ -38,17 +25,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import tyro  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dqn_atari  # noqa: E402
-from benchmarks.cleanrl_subprocess import command_from_option, timed_run  # noqa: E402
+from benchmarks.timing import command_from_option, learning_phase_sps, per_call, timed_run  # noqa: E402
 from dqn_atari import FrameReplayBuffer, QNetwork, make_env, td_target  # noqa: E402
 
 ENV_ID = "PongNoFrameskip-v4"
@@ -57,16 +47,8 @@ LEARNING_STARTS = 1000  # the timed steps come after it
 
 def per_call_ms(function, calls: int, repeats: int = 3) -> tuple[float, float]:
     """(CPU ms, wall ms) of one call: the best of `repeats` means over `calls` calls, after a warm-up."""
-    for _ in range(min(calls, 5)):
-        function()
-    best_cpu = best_wall = float("inf")
-    for _ in range(repeats):
-        cpu, wall = time.process_time(), time.perf_counter()
-        for _ in range(calls):
-            function()
-        best_cpu = min(best_cpu, (time.process_time() - cpu) / calls * 1e3)
-        best_wall = min(best_wall, (time.perf_counter() - wall) / calls * 1e3)
-    return best_cpu, best_wall
+    cpu, wall = per_call(function, calls, repeats, warmup=min(calls, 5))
+    return cpu * 1e3, wall * 1e3
 
 
 def filled_replay(steps: int, capacity: int = 10_000, num_envs: int = 1,
@@ -149,17 +131,15 @@ def section_floor() -> dict:
             "wall": {"env_step_ms": env_wall, "act_forward_ms": act_wall, "update_ms": update_wall}}
 
 
-def timed_main(total_timesteps: int, num_envs: int) -> tuple[float, float]:
-    """(wall s, CPU s) of a whole dqn_atari.main() run at the default settings, except its length, an early start of
-    learning, epsilon at its end value throughout, and a single one-game evaluation at the end."""
+def timed_main(total_timesteps: int, num_envs: int) -> None:
+    """A whole dqn_atari.main() run at the default settings, except its length, an early start of learning, epsilon at
+    its end value throughout, and a single one-game evaluation at the end."""
     with tempfile.TemporaryDirectory() as runs_dir, contextlib.redirect_stdout(io.StringIO()):
         args = dqn_atari.Args(env_id=ENV_ID, learning_starts=LEARNING_STARTS, exploration_fraction=0.0,
                               total_timesteps=total_timesteps, num_envs=num_envs)
         run_args = dqn_atari.RunArgs(torch_threads=1, eval_frequency=10**9, eval_episodes=1, eval_epsilon=0.05,
                                      save_model=False, runs_dir=runs_dir)
-        wall, cpu = time.perf_counter(), time.process_time()
         dqn_atari.main(args, run_args)
-        return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def timed_cleanrl(command: list[str], total_timesteps: int) -> tuple[float, float]:
@@ -173,10 +153,8 @@ def timed_cleanrl(command: list[str], total_timesteps: int) -> tuple[float, floa
 
 def section_main(num_envs: int, short: int, long: int, timed=None) -> dict:
     timed = timed or (lambda total_timesteps: timed_main(total_timesteps, num_envs))
-    short_wall, short_cpu = timed(LEARNING_STARTS + short)
-    long_wall, long_cpu = timed(LEARNING_STARTS + long)
-    return {"num_envs": num_envs, "timed_steps": long - short, "sps_cpu": (long - short) / (long_cpu - short_cpu),
-            "sps_wall": (long - short) / (long_wall - short_wall)}
+    sps_wall, sps_cpu = learning_phase_sps(timed, LEARNING_STARTS + short, LEARNING_STARTS + long)
+    return {"num_envs": num_envs, "timed_steps": long - short, "sps_cpu": sps_cpu, "sps_wall": sps_wall}
 
 
 def section_options(rounds: int, compile_too: bool, slow_too: bool = True) -> list[dict]:
@@ -241,23 +219,32 @@ print(json.dumps({{"frame_slots": replay_buffer.slots * replay_buffer.num_envs, 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@dataclass
+class Options:
+    parts: tuple[Literal["floor", "main", "options", "memory"], ...] = ("floor", "main", "options", "memory")
+    """sections to run"""
+    steps: tuple[int, int] = (400, 2400)
+    """learning steps of the short and the long main() run"""
+    num_envs: tuple[int, ...] = (1, 4)
+    """num_envs values of section 2"""
+    rounds: int = 3
+    """interleaved rounds of the option comparison"""
+    compile: bool = True
+    """torch.compile in the option comparison (--no-compile: left out, its first call is slow)"""
+    slow: bool = True
+    """the bf16 and 2-thread rows (--no-slow: left out)"""
+    replay_transitions: int = 200_000
+    """replay size for the memory figures"""
+    cleanrl: Optional[str] = None
+    """also time CleanRL's dqn_atari.py in section 2: its python and script, e.g.
+    '/path/to/cleanrl-venv/bin/python /path/to/cleanrl/cleanrl/dqn_atari.py'"""
+    main_rounds: int = 1
+    """alternating rounds of section 2 (best kept)"""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["floor", "main", "options", "memory"],
-                        choices=["floor", "main", "options", "memory"])
-    parser.add_argument("--steps", type=int, nargs=2, default=[400, 2400], metavar=("SHORT", "LONG"),
-                        help="learning steps of the short and the long main() run")
-    parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the option comparison")
-    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out (its first call is slow)")
-    parser.add_argument("--no-slow", action="store_true", help="leave the bf16 and 2-thread rows out")
-    parser.add_argument("--replay-transitions", type=int, default=200_000, help="replay size for the memory figures")
-    parser.add_argument("--cleanrl", metavar="COMMAND", help="also time CleanRL's dqn_atari.py in section 2: its "
-                        "python and script, e.g. '/path/to/cleanrl-venv/bin/python "
-                        "/path/to/cleanrl/cleanrl/dqn_atari.py'")
-    parser.add_argument("--main-rounds", type=int, default=1, help="alternating rounds of section 2 (best kept)")
-    options = parser.parse_args()
-    cleanrl_command = command_from_option(parser, options.cleanrl)
+    options = tyro.cli(Options, description=__doc__)
+    cleanrl_command = command_from_option(options.cleanrl)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start",
           flush=True)
@@ -292,7 +279,7 @@ def main() -> None:
             print(f"\n2. {name}, learning phase: {result['sps_cpu']:.0f} steps per CPU-second{versus} "
                   f"({result['sps_wall']:.0f} per wall-clock second at this load)", flush=True)
     if "options" in options.parts:
-        report["options"] = section_options(options.rounds, not options.no_compile, not options.no_slow)
+        report["options"] = section_options(options.rounds, options.compile, options.slow)
         print("\n3. update cost (batch 32, sampling included), median of interleaved rounds")
         print(f"   {'variant':36s} {'CPU ms':>8} {'wall ms':>8} {'CPU/plain':>9} {'wall/plain':>10} {'1st call s':>10}")
         for row in report["options"]:

@@ -1,16 +1,11 @@
 """Hyperparameter search for the DQN scripts with Optuna: every trial is a real training run of the script.
 
-A trial runs `python SCRIPT.py` with the sampled flags in a subprocess (one thread by default), follows the run's
-`metrics.csv` as it grows to report every `eval/episodic_return` to Optuna, stops the run as soon as the pruner judges
-it hopeless, and takes its objective from `summary.json` when it ends (the final evaluation mean, `eval_mean`).
-Because the scripts are only run, never imported for training, the tuner works with any script that has their
-interface: dqn.py, dqn_lunar.py, dqn_atari.py, double_dueling_per_dqn.py. Sampler: TPE (Bergstra et al. 2011),
-multivariate, with the "constant liar" so that parallel workers do not all sample next to the same running trial;
-pruner: the median rule (Golovin et al. 2017, "Google Vizier") after a warm-up.
-
-The study lives in a database, so several workers share it and a study resumes after an interruption: run the same
-command again. `--n-trials` is the number of finished (complete or pruned) trials the study should have in total,
-however many workers share it.
+A trial runs `python SCRIPT.py` with the sampled flags in a subprocess, reports each `eval/episodic_return` of its
+metrics.csv to Optuna as it is written, is stopped when the pruner judges it hopeless, and scores the `eval_mean` of
+its summary.json. Sampler: multivariate TPE (Bergstra et al. 2011) with the constant liar, so that parallel workers
+spread out; pruner: the median rule (Golovin et al. 2017) after a warm-up. The study lives in a database (SQLite, or
+PostgreSQL for several machines; watch it with `optuna-dashboard STORAGE`): workers share it, the same command
+resumes it, and `--n-trials` counts its finished trials over all workers.
 
     python benchmarks/tune.py --script dqn.py --n-trials 30              # one worker, SQLite file tune.db
     python benchmarks/tune.py --script dqn.py --n-trials 30 &            # run it twice: two workers, one study
@@ -18,11 +13,9 @@ however many workers share it.
     python benchmarks/tune.py --script dqn.py --space learning-rate=log:1e-5:1e-3 -- --env-id Acrobot-v1
     python benchmarks/tune.py --script dqn_lunar.py --n-trials 50 --storage postgresql://... --cluster slurm --workers 8
 
-Flags after `--` go unchanged to every trial (a parameter given there is not searched). `--space NAME=SPEC` replaces or
-adds one parameter, SPEC being `log:LOW:HIGH` (log-uniform), `uniform:LOW:HIGH` (integers for an integer flag) or
-`choice:A,B,C` (one item may hold spaces: `choice:64 64,256 256`). The default spaces are in SEARCH_SPACES below and in
-docs/tuning.md. At the end the best trial is printed as a ready-to-paste command line and written to
-`{runs_dir}/{study}/best.json`.
+Flags after `--` go to every trial (and are not searched). `--space NAME=SPEC` replaces or adds a searched flag: SPEC
+is `log:LOW:HIGH`, `uniform:LOW:HIGH` (integers for an integer flag) or `choice:A,B,C` (`choice:64 64,256 256`).
+The best trial is printed as a command line and written to `{runs_dir}/{study}/best.json`.
 """
 
 import dataclasses
@@ -45,6 +38,7 @@ import optuna
 import scipy.stats
 import sqlalchemy
 import tyro
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 import cluster
@@ -107,21 +101,17 @@ class Args:
     n_trials: int = 20
     """finished (complete or pruned) trials the study should hold, counted over all its workers"""
     storage: str = "sqlite:///tune.db"
-    """database of the study: sqlite:///FILE for workers on one machine, postgresql://USER:PASSWORD@HOST:PORT/DB
-    for workers on many"""
+    """database of the study: sqlite:///FILE (one machine), postgresql://USER:PASSWORD@HOST:PORT/DB (many)"""
     study_name: Optional[str] = None
     """name of the study in the storage; None: `{script}-{env_id}`. Workers with the same name share the study"""
     space: tuple[str, ...] = ()
-    """NAME=SPEC pairs that replace or add to the script's search space; SPEC is log:LOW:HIGH, uniform:LOW:HIGH or
-    choice:A,B,C (e.g. `--space learning-rate=log:1e-5:1e-3 batch-size=choice:64,128`)"""
+    """NAME=SPEC pairs that replace or add to the search space (learning-rate=log:1e-5:1e-3 batch-size=choice:64,128)"""
     enqueue: tuple[str, ...] = ()
-    """NAME=VALUE pairs of a first trial, run before any is sampled (e.g. the script's current defaults, or a known
-    good point); searched flags it leaves out are sampled"""
+    """NAME=VALUE pairs of a first trial, run before any is sampled; searched flags it leaves out are sampled"""
     objective: Literal["eval_mean", "best_eval_mean"] = "eval_mean"
     """summary.json value to maximize: the final evaluation mean, or the best evaluation mean of the run"""
     pruner: Literal["median", "threshold", "none"] = "median"
-    """median: stop a trial whose evaluation is below the median of earlier trials at the same step; threshold:
-    stop it when an evaluation is below --prune-below; none: never stop a trial"""
+    """stop a trial below the median of earlier trials at the same step, below --prune-below, or never"""
     prune_below: Optional[float] = None
     """evaluation mean under which --pruner threshold stops a trial"""
     warmup_fraction: float = 0.2
@@ -131,17 +121,13 @@ class Args:
     seed: int = 1
     """--seed of every trial's first run, so trials differ only by their parameters"""
     seeds_per_trial: int = 1
-    """runs per trial, with seeds --seed, --seed + 1, ...: run at the same time (one core each), pruned and scored
-    together, so that a study does not reward a lucky seed"""
+    """runs per trial, seeds --seed, --seed + 1, ..., run together and pruned and scored by their --aggregate"""
     aggregate: Literal["mean", "iqm", "min"] = "mean"
-    """how a trial's objective and its pruned evaluations combine its seeds: the mean, the interquartile mean (the
-    mean of the middle 50%, Agarwal et al. 2021; with fewer than 4 seeds, the mean), or the worst seed's (a study
-    that must land on every seed)"""
+    """how a trial combines its seeds: mean, interquartile mean (Agarwal et al. 2021), or the worst seed's"""
     sampler_seed: Optional[int] = None
     """seed of the TPE sampler (None: random; give each worker a different one if you set it)"""
     threads: int = 1
-    """threads per trial (OMP_NUM_THREADS, and --torch-threads where the script has it): one trial per core is the
-    fastest way to use a CPU machine"""
+    """threads per trial run (OMP_NUM_THREADS, and --torch-threads where the script has it)"""
     runs_dir: str = "runs/tune"
     """folder under which each study keeps its trials' runs (`{runs_dir}/{study}/trial_0007/...`) and best.json"""
     output: Optional[str] = None
@@ -180,28 +166,19 @@ def load_tuned_script(given: str) -> Script:
     return load_script(given, path)
 
 
-@dataclass(frozen=True)
-class Distribution:
-    """One searched flag: `log` (log-uniform), `uniform`, or `choice` among values."""
+def spec(distribution: BaseDistribution) -> str:
+    """An Optuna distribution in the syntax of --space: log:LOW:HIGH, uniform:LOW:HIGH or choice:A,B,C."""
+    if isinstance(distribution, CategoricalDistribution):
+        return "choice:" + ",".join(str(choice) for choice in distribution.choices)
+    return f"{'log' if distribution.log else 'uniform'}:{distribution.low:g}:{distribution.high:g}"
 
-    flag: str
-    kind: Literal["log", "uniform", "choice"]
-    field_type: type
-    low: float = 0.0
-    high: float = 0.0
-    choices: tuple = ()
 
-    def suggest(self, trial: optuna.Trial):
-        if self.kind == "choice":
-            return trial.suggest_categorical(self.flag, self.choices)
-        if self.field_type is int:
-            return trial.suggest_int(self.flag, int(self.low), int(self.high), log=self.kind == "log")
-        return trial.suggest_float(self.flag, self.low, self.high, log=self.kind == "log")
-
-    def spec(self) -> str:
-        if self.kind == "choice":
-            return "choice:" + ",".join(str(choice) for choice in self.choices)
-        return f"{self.kind}:{self.low:g}:{self.high:g}"
+def suggest(trial: optuna.Trial, flag: str, distribution: BaseDistribution):
+    """The trial's value of a searched flag, sampled from its distribution (Optuna's suggest_* API)."""
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(flag, distribution.choices)
+    number = trial.suggest_int if isinstance(distribution, IntDistribution) else trial.suggest_float
+    return number(flag, distribution.low, distribution.high, log=distribution.log)
 
 
 def parse_value(text: str, field_type: type, where: str):
@@ -227,18 +204,18 @@ def parse_value(text: str, field_type: type, where: str):
         raise TuneError(f"{where}: {text!r} is not {kind}") from None
 
 
-def parse_distribution(flag: str, spec: str, script: Script) -> Distribution:
-    """Parse `log:LOW:HIGH`, `uniform:LOW:HIGH` or `choice:A,B,C` for a flag of `script`."""
-    where = f"--space {flag}={spec}"
+def parse_distribution(flag: str, text: str, script: Script) -> BaseDistribution:
+    """The Optuna distribution of `log:LOW:HIGH`, `uniform:LOW:HIGH` or `choice:A,B,C` for a flag of `script`."""
+    where = f"--space {flag}={text}"
     field_type = script.field_types[flag.replace("-", "_")]
-    kind, _, rest = spec.partition(":")
+    kind, _, rest = text.partition(":")
     if kind == "choice":
         choices = tuple(parse_value(item.strip(), field_type, where) for item in rest.split(",") if item.strip())
         if not choices:
             raise TuneError(f"{where}: choice needs at least one value")
         if len(set(choices)) != len(choices):
             raise TuneError(f"{where}: a value appears twice")
-        return Distribution(flag, "choice", field_type, choices=choices)
+        return CategoricalDistribution(choices)
     if kind not in ("log", "uniform"):
         raise TuneError(f"{where}: SPEC must be log:LOW:HIGH, uniform:LOW:HIGH or choice:A,B,C")
     if field_type not in (int, float):
@@ -251,10 +228,11 @@ def parse_distribution(flag: str, spec: str, script: Script) -> Distribution:
         raise TuneError(f"{where}: LOW must be below HIGH")
     if kind == "log" and low <= 0:
         raise TuneError(f"{where}: a log range needs LOW > 0")
-    return Distribution(flag, kind, field_type, float(low), float(high))
+    number = IntDistribution if field_type is int else FloatDistribution
+    return number(low, high, log=kind == "log")
 
 
-def first_trial(pairs: tuple[str, ...], space: dict[str, Distribution]) -> dict:
+def first_trial(pairs: tuple[str, ...], space: dict[str, BaseDistribution], script: Script) -> dict:
     """--enqueue's NAME=VALUE pairs as trial parameters, each a value its distribution can take."""
     params = {}
     for pair in pairs:
@@ -263,11 +241,11 @@ def first_trial(pairs: tuple[str, ...], space: dict[str, Distribution]) -> dict:
         if flag not in space:
             raise TuneError(f"{where}: {flag} is not a searched flag ({', '.join(space)})")
         distribution = space[flag]
-        value = parse_value(text.strip(), distribution.field_type, where)
-        if distribution.kind == "choice" and value not in distribution.choices:
-            raise TuneError(f"{where}: not one of {distribution.spec()}")
-        if distribution.kind != "choice" and not distribution.low <= value <= distribution.high:
-            raise TuneError(f"{where}: outside {distribution.spec()}")
+        value = parse_value(text.strip(), script.field_types[flag.replace("-", "_")], where)
+        if isinstance(distribution, CategoricalDistribution) and value not in distribution.choices:
+            raise TuneError(f"{where}: not one of {spec(distribution)}")
+        if not isinstance(distribution, CategoricalDistribution) and not distribution.low <= value <= distribution.high:
+            raise TuneError(f"{where}: outside {spec(distribution)}")
         params[flag] = value
     return params
 
@@ -290,7 +268,7 @@ def check_fixed_flags(fixed: list[str], script: Script) -> None:
 
 
 def build_space(script: Script, overrides: tuple[str, ...],
-                fixed: list[str]) -> tuple[dict[str, Distribution], list[str]]:
+                fixed: list[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
     """The script's default space, with the --space overrides, less the flags fixed after `--`; and notes to print."""
     notes = []
     known = script.name if script.name in SEARCH_SPACES else "dqn.py"
@@ -329,12 +307,10 @@ def flag_argv(flag: str, value, field_type: type) -> list[str]:
     return [f"--{flag}", repr(value) if isinstance(value, float) else str(value)]
 
 
-def params_argv(params: dict, space: dict[str, Distribution]) -> list[str]:
-    argv: list[str] = []
-    for flag, value in params.items():
-        argv += flag_argv(flag, value, space[flag].field_type if flag in space else type(value))
-    return argv
-
+def params_argv(params: dict, script: Script) -> list[str]:
+    """A trial's parameters as the script's flags."""
+    return [token for flag, value in params.items()
+            for token in flag_argv(flag, value, script.field_types.get(flag.replace("-", "_"), str))]
 
 
 def without_passwords(text: str) -> str:
@@ -411,7 +387,7 @@ class Worker:
 
     args: Args
     script: Script
-    space: dict[str, Distribution]
+    space: dict[str, BaseDistribution]
     fixed: list[str]
     study: optuna.Study
     study_dir: Path
@@ -421,7 +397,7 @@ class Worker:
     quiet_trial: Optional[int] = None  # a trial whose failure this worker has explained itself
 
     def trial_argv(self, params: dict, run_dir: Path, seed: int) -> list[str]:
-        argv = [*self.fixed, *params_argv(params, self.space), "--seed", str(seed), "--runs-dir", str(run_dir)]
+        argv = [*self.fixed, *params_argv(params, self.script), "--seed", str(seed), "--runs-dir", str(run_dir)]
         fixed = set(flag_names(self.fixed))
         if self.script.has_flag("save-model") and not {"save-model", "no-save-model"} & fixed:
             argv.append("--no-save-model")  # checkpoints of every trial would fill the disk
@@ -433,7 +409,8 @@ class Worker:
         self.current_number, self.quiet_trial, self.last_outcome = trial.number, None, "failed"
         # Budget: the trials numbered before this one that are finished, running or queued are the ones that will
         # count; trial numbers are given out in order under a lock by the storage, so exactly one worker takes the
-        # last slot even when two ask at the same moment.
+        # last slot even when two ask at the same moment. (Optuna's MaxTrialsCallback stops a worker only after a
+        # trial ends, so workers that start together overshoot the budget; hence this check.)
         ahead = sum(1 for other in self.study.get_trials(deepcopy=False)
                     if other.number < trial.number
                     and other.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING))
@@ -442,7 +419,7 @@ class Worker:
             trial.set_user_attr("skipped", "the study's trial budget was taken by other workers; not run")
             raise BudgetReached()
 
-        params = {flag: distribution.suggest(trial) for flag, distribution in self.space.items()}
+        params = {flag: suggest(trial, flag, distribution) for flag, distribution in self.space.items()}
         trial_dir = self.study_dir / f"trial_{trial.number:04d}"
         if trial_dir.exists():  # a study of the same name was deleted and made again
             trial_dir = trial_dir.with_name(f"{trial_dir.name}_{int(time.time())}")
@@ -635,10 +612,7 @@ def best_result(study: optuna.Study, worker: Worker, shown_storage: str) -> Opti
     if count[TrialState.COMPLETE] == 0:
         return None
     best = study.best_trial
-    argv = [*worker.fixed,
-            *[token for flag, value in best.params.items()
-              for token in flag_argv(flag, value, worker.script.field_types.get(flag.replace("-", "_"), str))],
-            "--seed", str(worker.args.seed)]
+    argv = [*worker.fixed, *params_argv(best.params, worker.script), "--seed", str(worker.args.seed)]
     return {"study": study.study_name, "storage": shown_storage, "script": worker.script.given,
             "objective": worker.args.objective, "value": best.value, "trial": best.number, "params": best.params,
             "seeds": [worker.args.seed + k for k in range(worker.args.seeds_per_trial)],
@@ -656,7 +630,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
     script = load_tuned_script(args.script)
     check_fixed_flags(fixed, script)
     space, notes = build_space(script, args.space, fixed)
-    enqueued = first_trial(args.enqueue, space)
+    enqueued = first_trial(args.enqueue, space, script)
     defaults, _ = script.parse(fixed)
     total_timesteps = int(defaults.total_timesteps)
     study_name = name_of_study(args, script, defaults)
@@ -665,7 +639,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
         check_writable(Path(args.output).parent, "--output's folder")
     storage = open_storage(args.storage)
     shown_storage, _ = storage_settings(args.storage)
-    config = {"script": script.name, "fixed": fixed, "space": {flag: d.spec() for flag, d in space.items()},
+    config = {"script": script.name, "fixed": fixed, "space": {flag: spec(d) for flag, d in space.items()},
               "objective": args.objective, "seed": args.seed, "seeds_per_trial": args.seeds_per_trial,
               "aggregate": args.aggregate}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -682,7 +656,7 @@ def tune(args: Args, fixed: list[str]) -> Optional[dict]:
           f"{total_timesteps:,} steps each, maximizing {args.objective}" + (
               f" ({args.aggregate} over {args.seeds_per_trial} seeds a trial)" if args.seeds_per_trial > 1 else ""))
     for flag, distribution in space.items():
-        print(f"  --{flag:<26} {distribution.spec()}")
+        print(f"  --{flag:<26} {spec(distribution)}")
     for note in notes:
         print(f"  ({note})")
     try:
@@ -756,23 +730,17 @@ def submit_workers(args: Args, fixed: list[str]) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     executor = cluster.executor(args.slurm, folder / "_slurm", "tune", args.seeds_per_trial * args.threads)
     argv = [*worker_argv(args), "--", *fixed]
-    jobs = []
-    for number in range(args.workers):
-        logs = [folder / f"worker_{time.strftime('%Y%m%d-%H%M%S')}_{number}.{name}.log" for name in ("stdout", "stderr")]
-        jobs.append(cluster.SlurmJob(executor, Path(__file__).resolve(), argv, *logs, args.threads))
-        print(f"worker {number}: Slurm job {jobs[-1].id}, output in {logs[0]}", flush=True)
+    stem = f"worker_{time.strftime('%Y%m%d-%H%M%S')}"
+    logs = [[folder / f"{stem}_{number}.{name}.log" for name in ("stdout", "stderr")] for number in range(args.workers)]
+    with executor.batch():  # one Slurm job array of --workers tasks
+        jobs = [cluster.SlurmJob(executor, Path(__file__).resolve(), argv, *pair, args.threads) for pair in logs]
+    for number, (job, pair) in enumerate(zip(jobs, logs)):
+        print(f"worker {number}: Slurm job {job.id}, output in {pair[0]}", flush=True)
     failed = 0
     try:
-        running = list(jobs)
-        while running:
-            for job in list(running):
-                done, code, how = job.poll()
-                if done:
-                    running.remove(job)
-                    failed += code != 0
-                    print(f"Slurm job {job.id} ended: " + (f"exit status {code}" if code is not None else how),
-                          flush=True)
-            time.sleep(1.0)
+        for job, code, how in cluster.as_ended(jobs):
+            failed += code != 0
+            print(f"Slurm job {job.id} ended: " + (f"exit status {code}" if code is not None else how), flush=True)
     except KeyboardInterrupt:
         for job in jobs:
             job.stop()

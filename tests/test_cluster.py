@@ -102,7 +102,7 @@ def test_tuner_workers_run_as_slurm_jobs_sharing_one_study(slurm, tmp_path):
                              "--workers", "2", "--slurm.time-min", "10"],
                             capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(set(re.findall(r"worker \d: Slurm job (\d+)", result.stdout))) == 2
+    assert len(set(re.findall(r"worker \d: Slurm job (\d+_\d+),", result.stdout))) == 2  # two tasks of one array
     assert result.stdout.count("ended: exit status 0") == 2 and "best: trial" in result.stdout
     trials = optuna.load_study(study_name="shared", storage=storage).trials
     assert len(trials) == 4 and all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)

@@ -231,7 +231,8 @@ def test_search_space_overrides_fixed_flags_and_scripts_without_widths(tmp_path)
     script = tune.load_tuned_script("dqn.py")
     space, notes = tune.build_space(script, ("learning_rate=log:1e-5:1e-3", "tau=uniform:0.1:1"),
                                     ["--gamma", "0.9", "--env-id", "Acrobot-v1"])
-    assert space["learning-rate"].spec() == "log:1e-05:0.001" and space["tau"].kind == "uniform"
+    assert space["learning-rate"] == optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
+    assert tune.spec(space["learning-rate"]) == "log:1e-05:0.001" and tune.spec(space["tau"]) == "uniform:0.1:1"
     assert "gamma" not in space and any("--gamma" in note for note in notes)
     assert tune.flag_argv("hidden-sizes", "64 64", tuple) == ["--hidden-sizes", "64", "64"]
     assert tune.flag_argv("track", False, bool) == ["--no-track"]
@@ -262,19 +263,20 @@ def test_each_script_loads_with_a_search_space_around_its_own_defaults(name):
     defaults, _ = script.parse([])
     for flag, distribution in space.items():
         default = getattr(defaults, flag.replace("-", "_"))
-        if distribution.field_type is tuple:
+        if isinstance(default, tuple):
             default = sum(default)  # compare widths by their total
             low, high = (min(sum(map(int, c.split())) for c in distribution.choices),
                          max(sum(map(int, c.split())) for c in distribution.choices))
-        elif distribution.kind == "choice":
+        elif isinstance(distribution, optuna.distributions.CategoricalDistribution):
             low, high = min(distribution.choices), max(distribution.choices)
         else:
             low, high = distribution.low, distribution.high
-        assert low <= default <= high, f"{name} --{flag} default {default} is outside {distribution.spec()}"
+        assert low <= default <= high, f"{name} --{flag} default {default} is outside {tune.spec(distribution)}"
     # a trial's flags pass the script's own parser and checks
-    trial = optuna.trial.FixedTrial({flag: d.choices[0] if d.kind == "choice" else d.low for flag, d in space.items()})
-    params = {flag: d.suggest(trial) for flag, d in space.items()}
-    script.check([*tune.params_argv(params, space), "--seed", "3", "--runs-dir", "runs"])
+    trial = optuna.trial.FixedTrial({flag: getattr(d, "choices", [getattr(d, "low", None)])[0]
+                                     for flag, d in space.items()})
+    params = {flag: tune.suggest(trial, flag, d) for flag, d in space.items()}
+    script.check([*tune.params_argv(params, script), "--seed", "3", "--runs-dir", "runs"])
 
 
 def test_metrics_follower_reads_only_complete_rows_and_starts_over_when_the_file_is_rewritten(tmp_path):
