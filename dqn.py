@@ -300,7 +300,8 @@ def train(args: Args, run: "Run") -> None:
 
 
 # %% Harness: all a run needs that is not DQN, the same text in all four scripts (a test compares it). The script above
-# defines `Args`, `RUN_DEFAULTS`, `check_args(args, run_args)` and `train(args, run)`; the rest comes in as arguments.
+# defines `Args`, `RUN_DEFAULTS`, `check_args(args, run_args)` and `train(args, run)`, and imports what both use (math,
+# numpy, torch, gymnasium, dataclass, Optional, Callable); the rest comes in as arguments.
 import contextlib, csv, dataclasses, importlib.util, json, os, random, shutil, signal, sys, tempfile  # noqa: E401, E402
 import threading, time  # noqa: E401, E402
 fcntl = importlib.import_module("fcntl") if os.name == "posix" else None  # the run directory's lock (not on Windows)
@@ -329,7 +330,7 @@ class RunArgs:
     resume: Optional[str] = None  # a run directory (or its checkpoint.pt) to continue, there and with its settings
     eval_checkpoint: Optional[str] = None  # a checkpoint (or run directory) to evaluate for --eval-episodes episodes
     runs_dir: str = "runs"  # folder under which every run gets its own directory
-    eval_frequency: int = 10_000  # env steps between evaluations
+    eval_frequency: int = 10_000  # env steps between evaluations (these three: each script's RUN_DEFAULTS)
     eval_episodes: int = 10  # episodes per evaluation
     eval_epsilon: float = 0.0  # probability of a random action in evaluation (0: greedy, as SB3's deterministic=True)
     target_return: Optional[float] = None  # stop training as soon as an evaluation mean reaches this return
