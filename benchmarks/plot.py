@@ -88,7 +88,15 @@ class Run(RunDir):
 
     @property
     def script(self) -> str:
-        return (self.summary or {}).get("script") or self.args["exp_name"]
+        """The script's stem: in summary.json, else (a run still going) in checkpoint.pt, else the exp name."""
+        if self.summary or not (self.path / "checkpoint.pt").is_file():
+            return (self.summary or {}).get("script") or self.args["exp_name"]
+        import torch  # only here: plotting finished runs needs no torch
+
+        try:  # memory-mapped: only the little that is read comes off the disk
+            return torch.load(self.path / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True)["script"]
+        except Exception:  # not loadable (being written, or foreign): the exp name, as before
+            return self.args["exp_name"]
 
 
 @dataclass

@@ -363,6 +363,16 @@ def test_table_leaves_out_unfinished_runs_unless_asked_and_then_marks_them(tmp_p
         "s3: 50.00 |" in everything
 
 
+def test_a_run_still_going_is_labelled_by_the_script_in_its_checkpoint_not_by_its_exp_name(tmp_path):
+    write_run(tmp_path, 1, "finished", 100.0)
+    run_dir = next(tmp_path.iterdir())
+    (run_dir / "summary.json").unlink()  # still running: no summary yet
+    (run_dir / "args.json").write_text(json.dumps({"env_id": "CartPole-v1", "exp_name": "my_recipe", "seed": 1}))
+    torch.save({"script": "dqn_lunar", "global_step": 900}, run_dir / "checkpoint.pt")
+    (group,) = plot_module.group_runs(plot_module.load_runs([tmp_path]), include_unfinished=True)
+    assert group.label == "dqn_lunar.py (my_recipe) [partial]"
+
+
 def test_probability_of_improvement_counts_the_pairs_of_seeds_ties_as_a_half():
     # 1 vs (1, 5, 0): a tie and a win; 2 and 3 vs (1, 5, 0): two wins each -> 5.5 of 9 pairs
     point, low, high = plot_module.probability_of_improvement(np.array([1.0, 2.0, 3.0]), np.array([1.0, 5.0, 0.0]),
