@@ -82,7 +82,8 @@ def test_a_job_cancelled_midway_with_sigterm_is_resubmitted_with_resume_and_fini
     resumed = re.search(r"resuming (\S+) \(Slurm job (\d+)\): dqn CartPole-v1 seed 3", stdout)
     assert resumed and resumed.group(1) == str(checkpoint) and resumed.group(2) != job_id, stdout
     run_dir = checkpoint.parent
-    assert [path.parent for path in runs_dir.glob("CartPole-v1__dqn__3__*/args.json")] == [run_dir]  # one run, continued
+    # one run, continued
+    assert [path.parent for path in runs_dir.glob("CartPole-v1__dqn__3__*/args.json")] == [run_dir]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 4000
     with open(run_dir / "metrics.csv") as file:  # one curve: the resumed part continues where the checkpoint was

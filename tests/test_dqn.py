@@ -117,7 +117,7 @@ def test_final_observations_replace_the_reset_obs_of_finished_envs_only():
     assert real.tolist() == [[0.0, 0.0], [9.0, 9.0], [2.0, 2.0]] and next_obs[1].tolist() == [1.0, 1.0]
 
 
-# --------------------------------------------------------------------------------------------------------- replay buffer
+# ------------------------------------------------------------------------------------------------------- replay buffer
 
 @pytest.mark.parametrize("num_envs", [1, 3])
 def test_replay_buffer_wraps_around_and_keeps_the_newest_transitions(num_envs):
@@ -185,7 +185,7 @@ def test_training_loop_stores_only_true_transitions(tmp_path, num_envs):
     assert len(np.unique(obs[:, 0])) == num_envs
 
 
-# --------------------------------------------------------------------------------------------------------- runs and files
+# ------------------------------------------------------------------------------------------------------ runs and files
 
 def test_smoke_run_writes_args_metrics_summary_and_checkpoints(tmp_path):
     summary = fast(tmp_path, seed=4)

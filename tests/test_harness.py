@@ -107,7 +107,8 @@ def test_every_float_setting_must_be_finite(script, value, tmp_path):
     (["--seed", str(2**32)], "--seed must be in [0, 2**32 - 1]"),
     (["--hidden-sizes"], "--hidden-sizes needs one or more widths >= 1 (got [])"),
     (["--hidden-sizes", "64", "0"], "--hidden-sizes needs one or more widths >= 1"),
-    (["--buffer-size", str(10**14), "--batch-size", "32"], "the replay buffer needs 4,800,000.0 GB and the machine has"),
+    (["--buffer-size", str(10**14), "--batch-size", "32"],
+     "the replay buffer needs 4,800,000.0 GB and the machine has"),
     (["--env-id", "PongNoFrameskip-v4"], "(an Atari game: use dqn_atari.py)"),
     (["--env-id", "Pendulum-v1"], "dqn.py needs a Discrete action space"),
     (["--resume", "does/not/exist.pt"], "checkpoint 'does/not/exist.pt' does not exist"),
@@ -301,7 +302,8 @@ def test_tensorboard_gets_the_scalars_of_metrics_csv_and_the_settings_and_a_resu
         assert [step for step, _ in logged] == [step for step, _ in rows], name  # once each: no doubled tail
         assert np.allclose([value for _, value in logged], [value for _, value in rows], rtol=1e-5), name
     assert max(step for step, _ in from_csv["losses/td_loss"]) == 3000
-    settings_text = b"".join(tensor.tensor_proto.string_val[0] for tensor in events.Tensors("hyperparameters/text_summary"))
+    settings_text = b"".join(tensor.tensor_proto.string_val[0]
+                             for tensor in events.Tensors("hyperparameters/text_summary"))
     assert b"| learning_rate | 0.001 |" in settings_text and b"| seed | 1 |" in settings_text
 
 
