@@ -1139,13 +1139,16 @@ def save_latest(run: Run) -> None:
 
 
 def show_progress(run: Run, total_timesteps: int) -> None:
-    """One progress line: redrawn in place twice a second in a terminal, printed every 15 s into a log file."""
+    """One progress line, with the time left at the speed so far (evaluations not counted): redrawn in place twice a
+    second in a terminal, printed every 15 s into a log file."""
     if (now := time.perf_counter()) - run.last_print > (0.5 if run.clear_line else 15.0):
         run.last_print, sps = now, (run.global_step - run.start_step) / (now - run.start_time)
+        seconds = (total_timesteps - run.global_step) / max(sps, 1e-9)
+        left = f"{seconds // 3600:.0f}:{seconds % 3600 // 60:02.0f}:{seconds % 60:02.0f}"
         charts = "".join(f"  {name} {value:.3g}" for name, value in run.charts.items())
         recent = f"{np.mean(run.recent_returns):9.2f}" if run.recent_returns else "        -"
-        print(f"{run.clear_line}step {run.global_step:>9,}/{total_timesteps:,}  SPS {sps:7,.0f}{charts}  return "
-              f"(last {len(run.recent_returns):2d}) {recent}", end="" if run.clear_line else "\n", flush=True)
+        print(f"{run.clear_line}step {run.global_step:>9,}/{total_timesteps:,}  SPS {sps:7,.0f}  left {left}{charts}  "
+              f"return (last {len(run.recent_returns):2d}) {recent}", end="" if run.clear_line else "\n", flush=True)
 
 
 def finish_run(run: Run) -> dict:
