@@ -1,16 +1,12 @@
 """Double DQN with a dueling head, prioritized replay and n-step returns, each switchable, for vector and Atari envs.
 
 The best-known extensions of DQN (Mnih et al. 2015, "Human-level control through deep reinforcement learning"), on
-dqn_atari.py's code, so that a diff against it shows what each one adds:
-  --double       van Hasselt, Guez & Silver 2016, "Deep Reinforcement Learning with Double Q-learning": the online
-                 network picks the next action, the target network values it;
-  --dueling      Wang et al. 2016, "Dueling Network Architectures for Deep Reinforcement Learning": Q(s, a) = V(s) +
-                 A(s, a) - mean_a' A(s, a'), from a value and an advantage stream;
-  --prioritized  Schaul et al. 2016, "Prioritized Experience Replay", proportional: replay in proportion to (|TD
-                 error| + epsilon)^alpha from a sum-tree, importance-sampling weights' exponent beta going to 1;
-  --n-step N     n-step returns, as in Rainbow (Hessel et al. 2018), cut at episode ends (by default N = 3).
-All are on by default (--no-double, --no-dueling, --no-prioritized, --n-step 1). Vector observations get an MLP, Atari
-ids dqn_atari.py's wrappers and CNN, both its replay; docs/double_dueling_per_dqn.md lists every departure.
+dqn_atari.py's code (its wrappers, CNN and replay; an MLP for vector observations), so that a diff against it shows
+what each one adds. All are on by default; docs/double_dueling_per_dqn.md lists every departure from the papers.
+  --double       van Hasselt, Guez & Silver 2016, "Deep Reinforcement Learning with Double Q-learning": double_q_target
+  --dueling      Wang et al. 2016, "Dueling Network Architectures for Deep Reinforcement Learning": dueling_q_values
+  --prioritized  Schaul et al. 2016, "Prioritized Experience Replay", proportional variant: PrioritizedSampler
+  --n-step N     n-step returns as in Rainbow (Hessel et al. 2018; N = 3), cut at episode ends: FrameReplayBuffer
 
     python double_dueling_per_dqn.py                                  # LunarLander-v3, every extension on
     python double_dueling_per_dqn.py --no-prioritized --seed 2        # an ablation: uniform replay
@@ -44,8 +40,7 @@ class Args:
     end_learning_rate: Optional[float] = 1e-5
     """learning rate at the last step, reached linearly from `learning_rate` (None: constant; dqn_lunar.py's: 1e-5)"""
     optimizer: Literal["adam", "rmsprop"] = "adam"
-    """adam, or rmsprop: Mnih et al. 2015's centered RMSProp (squared-gradient momentum 0.95, min squared gradient
-    0.01; the paper's --learning-rate: 2.5e-4)"""
+    """adam, or rmsprop: Mnih et al. 2015's RMSProp (see make_optimizer; the paper's --learning-rate: 2.5e-4)"""
     num_envs: int = 1
     """number of environments stepped together"""
     buffer_size: int = 50_000
@@ -152,9 +147,8 @@ def float32_observations(env: gym.Env) -> gym.Env:
 
 def make_env(env_id: str, terminal_on_life_loss: bool, noop_max: int = 30, video_dir: Optional[str] = None,
              video_prefix: str = "eval") -> Callable[[], gym.Env]:
-    """A thunk building one env that reports each episode's return and length in `info["episode"]`. An Atari game
-    gets dqn_atari.py's wrappers (SB3's, and a 4-frame stack: observations [4, 84, 84] uint8); training envs end an
-    episode at a lost life, evaluation envs (terminal_on_life_loss=False) play whole games."""
+    """A thunk building one env that reports each episode's return and length in `info["episode"]`. An Atari game gets
+    dqn_atari.py's wrappers (SB3's, 4-frame stacks [4, 84, 84] uint8); training envs end an episode at a lost life."""
 
     def thunk() -> gym.Env:
         if not is_atari(env_id):  # render_mode only when recording: a user's env may not take the argument at all
@@ -178,10 +172,9 @@ def make_env(env_id: str, terminal_on_life_loss: bool, noop_max: int = 30, video
 
 
 class QNetwork(nn.Module):
-    """A torso (the Nature CNN for Atari frame stacks [B, 4, 84, 84] uint8, nothing for vector observations [B, D]),
-    fully connected hidden layers, and a head giving one Q-value per action [B, A]. The plain head is one linear
-    layer. The dueling head (Wang et al. 2016, Section 3) has two streams, each with its own copy of the last hidden
-    layer: the value V(s) [B, 1] and the advantages A(s, a) [B, A], combined by `dueling_q_values`."""
+    """A torso (the Nature CNN for Atari stacks [B, 4, 84, 84] uint8, nothing for vectors [B, D]), fully connected
+    layers, and a head of Q-values [B, A]: one linear layer, or the dueling head (Wang et al. 2016, Section 3), a value
+    stream V(s) [B, 1] and an advantage stream A(s, a) [B, A], each with its own copy of the last hidden layer."""
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, hidden_sizes: tuple[int, ...], dueling: bool):
         super().__init__()
@@ -210,9 +203,8 @@ class QNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         features = self.torso(obs.float() / 255.0 if self.atari else obs)  # [B, hidden]
-        if not self.dueling:
-            return self.advantage_head(features)  # [B, A]
-        return dueling_q_values(self.value_head(features), self.advantage_head(features))  # [B, A]
+        advantages = self.advantage_head(features)  # [B, A]: the Q-values themselves without the dueling head
+        return dueling_q_values(self.value_head(features), advantages) if self.dueling else advantages  # [B, A]
 
 
 def dueling_q_values(values: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
@@ -222,12 +214,10 @@ def dueling_q_values(values: torch.Tensor, advantages: torch.Tensor) -> torch.Te
 
 
 class SumTree:
-    """A complete binary tree in one array: the leaves hold the priorities, every inner node the sum of its two
-    children (Schaul et al. 2016, Appendix B.2.1). Finding the leaf at a prefix sum and updating a leaf both walk one
-    root-to-leaf path, O(log N), for a whole batch at once, level by level, in NumPy. Node 1 is the root, node k has
-    the children 2k and 2k + 1, leaf i is node `leaves + i`, with `leaves` the capacity rounded up to a power of two
-    (the extra leaves stay 0). Inner nodes are recomputed as sums, never adjusted by differences, so rounding errors do
-    not pile up."""
+    """A complete binary tree in one array (Schaul et al. 2016, Appendix B.2.1): the leaves hold the priorities, each
+    inner node the sum of its two children. Node 1 is the root, node k has children 2k and 2k + 1, leaf i is node
+    `leaves + i` (capacity rounded up to a power of two; extra leaves 0). `find` and `update` walk a root-to-leaf path,
+    O(log N), a batch at once; sums are recomputed, never adjusted by differences, so rounding errors don't pile up."""
 
     def __init__(self, capacity: int):
         self.capacity, self.depth = capacity, max(capacity - 1, 0).bit_length()
@@ -267,9 +257,8 @@ class SumTree:
 
 class PrioritizedSampler:
     """Proportional prioritization (Schaul et al. 2016, Algorithm 1): transition i is replayed with probability
-    P(i) = p_i^alpha / sum_k p_k^alpha, with p_i = |delta_i| + epsilon after its last replay; a new transition gets the
-    largest p so far, so that it is replayed soon. The sum-tree holds p_i^alpha per replay index, 0 where no
-    transition can be replayed."""
+    P(i) = p_i^alpha / sum_k p_k^alpha, p_i = |delta_i| + epsilon after its last replay, and a new one gets the largest
+    p so far, so it is replayed soon. The sum-tree holds p_i^alpha per replay index, 0 where nothing can be replayed."""
 
     def __init__(self, capacity: int, alpha: float, epsilon: float):
         self.tree, self.alpha, self.epsilon, self.max_priority = SumTree(capacity), alpha, epsilon, 1.0
@@ -281,21 +270,17 @@ class PrioritizedSampler:
         self.tree.update(indices, np.zeros(len(indices)))
 
     def sample(self, batch_size: int, rng: np.random.Generator, beta: float, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(indices [B], importance weights [B]), stratified as in Schaul et al. (Appendix B.2.1): [0, total) is cut
-        into B equal ranges and one prefix sum drawn from each, so a batch covers the whole distribution; each draw
-        still has P(i). `n` is the number of transitions the replay holds."""
+        """(indices [B], importance weights [B]) among `n` stored transitions, stratified (Schaul et al., Appendix
+        B.2.1): one prefix sum from each of B equal parts of [0, total) spans the distribution; each draw has P(i)."""
         total = self.tree.total
         indices = self.tree.find((np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size))  # [B]
-        priorities = self.tree.priorities(indices)  # [B]
-        while not priorities.all():  # a draw that rounding carried onto an empty leaf (see SumTree.find): again
+        while not (priorities := self.tree.priorities(indices)).all():  # rounding hit an empty leaf (SumTree.find)
             empty = priorities == 0
-            indices[empty] = self.tree.find(rng.random(int(empty.sum())) * total)
-            priorities = self.tree.priorities(indices)
+            indices[empty] = self.tree.find(rng.random(int(empty.sum())) * total)  # draw those again
         return indices, importance_weights(priorities / total, n, beta)
 
     def update(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
-        """After a replay: p_i = |delta_i| + epsilon for the replayed transitions [B] (one drawn twice in a batch has
-        the same TD error twice)."""
+        """After a replay: p_i = |delta_i| + epsilon for the replayed transitions [B] (one drawn twice: same error)."""
         priorities = np.abs(td_errors) + self.epsilon
         self.max_priority = max(self.max_priority, float(priorities.max()))
         self.tree.update(indices, priorities ** self.alpha)
@@ -328,16 +313,15 @@ class Batch(NamedTuple):
 
 
 class FrameReplayBuffer:
-    """dqn_atari.py's replay memory for any observation, with n-step transitions and, given a PrioritizedSampler,
-    their priorities. Every env has its own ring of `capacity / num_envs` slots, filled in the order that env produced
-    its frames: an episode's first frame (marked `first`), then one frame per step, the newest frame of the true next
-    observation (at an episode's end, of the final one, not of the reset one). An Atari observation is a stack of the
-    last 4 frames, a vector observation a stack of 1. Slot j also holds the action, reward and termination of the step
-    from frame j to j + 1. Transition j, with k = n steps or fewer where its episode ends sooner, has obs = the stack
-    ending at frame j, next_obs = the stack ending at frame j + k, the return r_j + gamma r_j+1 + ... + gamma^(k-1)
-    r_j+k-1 and the discount gamma^k (frames from before an episode's first are that first one, as FrameStackObservation
-    pads after a reset). It is complete once frame j + n is written or its episode has ended, replayable while the
-    frames of its obs are in the ring, and its replay index (its sum-tree leaf) is env * slots + j % slots."""
+    """dqn_atari.py's replay memory for any observation, with n-step transitions and, given a PrioritizedSampler, their
+    priorities. Each env has its own ring of `capacity / num_envs` slots, filled in the order it produced its frames:
+    an episode's first frame (marked `first`), then per step the newest frame of the true next observation (at an
+    episode's end, of the final one, not the reset one); slot j also holds the action, reward and termination of the
+    step from frame j to j + 1. An observation stacks the last 4 frames (Atari) or 1, padded after a reset with the
+    episode's first, as FrameStackObservation does. Transition j, with k = n steps or fewer where its episode ends
+    sooner, has obs = the stack ending at frame j, next_obs = the one ending at j + k, the return r_j + gamma r_j+1 +
+    ... + gamma^(k-1) r_j+k-1 and the discount gamma^k. It is complete once frame j + n is written or its episode has
+    ended, replayable while its obs frames are in the ring; its index (its sum-tree leaf) is env * slots + j % slots."""
 
     def __init__(self, capacity: int, num_envs: int, obs_space: gym.spaces.Box, n_step: int, gamma: float,
                  device: torch.device, priorities: Optional[PrioritizedSampler] = None):
@@ -370,15 +354,15 @@ class FrameReplayBuffer:
         self.written[env_indices] += 1
         if self.priorities is not None:  # transitions enter once complete, and leave with their oldest frame
             self.priorities.add(self.completed_indices(env_indices, episode_started=first))
-            self.priorities.remove(self.stale_indices(env_indices))
+            stale = self.lowest_slots(env_indices) - 1  # the transition whose oldest obs frame was just overwritten
+            self.priorities.remove(env_indices[stale >= 0] * self.slots + stale[stale >= 0] % self.slots)
 
     def start_episodes(self, obs: np.ndarray, env_indices: np.ndarray) -> None:
         """Begin new episodes in envs `env_indices`, from their reset observations `obs`."""
         self.write_frames(env_indices, obs, first=True)
 
     def add(self, real_next_obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, terminations: np.ndarray):
-        """Store one step per env: its action, reward and termination, and the newest frame of its true next
-        observation (the older frames of that stack are already stored)."""
+        """Store one step per env: its action, reward, termination, and the newest frame of its true next obs."""
         every_env, head = np.arange(self.num_envs), (self.written - 1) % self.slots  # head: the obs's newest frame
         self.actions[every_env, head], self.rewards[every_env, head] = actions, rewards
         self.terminations[every_env, head] = terminations
@@ -398,9 +382,8 @@ class FrameReplayBuffer:
         return np.maximum(self.written[env_indices] - self.slots + self.stack - 1, 0)
 
     def completed_indices(self, env_indices: np.ndarray, episode_started: bool) -> np.ndarray:
-        """The transitions that the frame each of `env_indices` just wrote completed, each once: after a step,
-        transition newest - n, whose window now reaches the newest frame; after an episode's first frame, the last
-        n - 1 transitions of the episode that ended, whose windows stop at its end."""
+        """Transitions completed by the frame each of `env_indices` just wrote, each once: after a step, newest - n
+        (its window now reaches that frame); after an episode's first frame, the ended episode's last n - 1."""
         offsets = np.arange(2, self.n_step + 1) if episode_started else np.array([self.n_step])  # j = newest - offset
         envs = np.repeat(env_indices, len(offsets))
         slots = (self.written[env_indices, None] - 1 - offsets).ravel()
@@ -410,15 +393,8 @@ class FrameReplayBuffer:
         now = complete & (slots + k + int(episode_started) == self.written[envs] - 1)
         return envs[now] * self.slots + slots[now] % self.slots
 
-    def stale_indices(self, env_indices: np.ndarray) -> np.ndarray:
-        """The transition each of `env_indices` made unreplayable with the frame it just wrote (its oldest obs frame
-        was overwritten)."""
-        stale = self.lowest_slots(env_indices) - 1
-        return env_indices[stale >= 0] * self.slots + stale[stale >= 0] % self.slots
-
     def uniform_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-        """Replay indices [B] drawn uniformly from the complete transitions (by rejection: the ends of episodes, which
-        are no transitions, and the few incomplete ones are drawn again)."""
+        """Replay indices [B], uniform over complete transitions: episode ends and incomplete ones are drawn again."""
         lowest = self.lowest_slots(np.arange(self.num_envs))
         candidates = np.maximum(self.written - 1 - lowest, 0)  # j <= written - 2: frame j+1 exists
         bounds = np.cumsum(candidates)  # [num_envs]
@@ -511,16 +487,16 @@ def final_observations(next_obs: np.ndarray, infos: dict) -> np.ndarray:
 
 
 def td_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q: torch.Tensor, gamma) -> torch.Tensor:
-    """TD target r + gamma * max_a' Q_target(s', a'), cut at terminations (never at truncations); with n-step returns
-    r is the n-step return and gamma the discount gamma^k of each transition [B]."""
+    """TD target r + gamma * next_q (DQN: max_a' Q_target(s', a')), cut at terminations (never at truncations); with
+    n-step returns r is the n-step return and gamma the discount gamma^k of each transition [B]."""
     return rewards + gamma * (1.0 - terminations) * next_q  # [B]
 
 
 def double_q_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q_online: torch.Tensor,
                     next_q_target: torch.Tensor, gamma) -> torch.Tensor:
     """Double DQN target (van Hasselt et al. 2016, eq. 4): the online network picks a* = argmax_a' Q(s', a'), the
-    target network values it, r + gamma * Q_target(s', a*). DQN's max_a' Q_target(s', a') picks and values with the
-    same noisy estimates, which biases it upwards; where both networks pick the same action the targets are equal."""
+    target network values it, r + gamma * Q_target(s', a*). Given the target network's own Q as `next_q_online` it is
+    DQN's max_a' Q_target(s', a'), which picks and values with the same noisy estimates and so is biased upwards."""
     next_actions = next_q_online.argmax(dim=1, keepdim=True)  # [B, 1]
     return td_target(rewards, terminations, next_q_target.gather(1, next_actions).squeeze(1), gamma)  # [B]
 
@@ -563,9 +539,8 @@ def train(args: Args, run: "Run") -> None:
     target_network.load_state_dict(q_network.state_dict())
     optimizer = make_optimizer(q_network.parameters(), args)
     check_memory(FrameReplayBuffer.bytes_needed(args.buffer_size, obs_space, args.prioritized), "--buffer-size")
-    # prioritized replay: a sum-tree of priorities, one leaf per replay slot
     priorities = PrioritizedSampler(args.num_envs * math.ceil(args.buffer_size / args.num_envs), args.alpha,
-                                    args.priority_epsilon) if args.prioritized else None
+                                    args.priority_epsilon) if args.prioritized else None  # one leaf per replay slot
     replay_buffer = FrameReplayBuffer(args.buffer_size, args.num_envs, obs_space, args.n_step, args.gamma, run.device,
                                       priorities)
     obs = start_run(run, envs, policy=partial(epsilon_greedy, q_network), eval_env=eval_env,
@@ -597,14 +572,10 @@ def train(args: Args, run: "Run") -> None:
                 # beta: from beta_start to 1 over the run, the full correction at the end (Schaul et al. 2016)
                 beta = linear_schedule(args.beta_start, 1.0, args.total_timesteps, global_step)
                 batch = replay_buffer.sample(args.batch_size, run.rng, beta)
-                with torch.no_grad():
+                with torch.no_grad():  # the online network picks the next action, the target network values it
                     next_q_target = target_network(batch.next_obs)  # [B, A]
-                    if args.double:  # the online network picks the next action, the target network values it
-                        targets = double_q_target(batch.returns, batch.terminations, q_network(batch.next_obs),
-                                                  next_q_target, batch.discounts)  # [B]
-                    else:
-                        targets = td_target(batch.returns, batch.terminations, next_q_target.amax(dim=1),
-                                            batch.discounts)  # [B]
+                    picker = q_network(batch.next_obs) if args.double else next_q_target  # --no-double: DQN's max
+                    targets = double_q_target(batch.returns, batch.terminations, picker, next_q_target, batch.discounts)
                 q_values = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)  # [B]: Q(s, a)
                 loss = weighted_td_loss(q_values, targets, batch.weights, args.loss, args.huber_delta)
                 optimizer.zero_grad()
