@@ -28,35 +28,29 @@ import torch.nn.functional as F
 
 @dataclass
 class Args:
-    env_id: str = "LunarLander-v3"
-    """gymnasium id of the environment (any registered id, or `module:Env-v0`)"""
+    env_id: str = "LunarLander-v3"  # gymnasium id of the environment (any registered id, or `module:Env-v0`)
     total_timesteps: int = 300_000
     """env steps to train for, summed over all envs (our sweeps: CartPole-v1 holds 500 from 50-60k steps on,
     LunarLander-v3 lands from 100-200k on; CleanRL: 500_000, rl-baselines3-zoo's LunarLander-v3: 100_000)"""
-    learning_rate: float = 1e-3
-    """Adam learning rate (CartPole-v1 and LunarLander-v3: our sweeps; CleanRL: 2.5e-4)"""
+    learning_rate: float = 1e-3  # Adam learning rate (CartPole-v1 and LunarLander-v3: our sweeps; CleanRL: 2.5e-4)
     end_learning_rate: Optional[float] = 1e-5
     """learning rate at the last step, reached linearly from `learning_rate` (None: constant, as in the paper;
     dqn_lunar.py: 1e-5)"""
     optimizer: Literal["adam", "rmsprop"] = "adam"
     """adam, or rmsprop: Mnih et al. 2015's centered RMSProp (squared-gradient momentum 0.95, min squared gradient
     0.01; the paper's --learning-rate: 2.5e-4)"""
-    num_envs: int = 1
-    """number of environments stepped together"""
+    num_envs: int = 1  # number of environments stepped together
     buffer_size: int = 50_000
     """replay capacity in transitions (CartPole-v1: our sweep; LunarLander-v3: rl-baselines3-zoo's; CleanRL: 10k)"""
-    gamma: float = 0.99
-    """discount factor"""
+    gamma: float = 0.99  # discount factor
     tau: float = 0.003
-    """target network update rate: 1 copies the online network (the paper's hard update), < 1 blends it in (Polyak
-    averaging; in our CartPole-v1 sweep 0.005 every step held 500 for 5 of 5 seeds, a hard copy every 500 steps for 1
-    of 3; CleanRL: 1)"""
+    """target network update rate: 1 copies the online network (the paper's hard update), < 1 blends it in
+    (Polyak averaging; in our CartPole-v1 sweep 0.005 every step held 500 for 5 of 5 seeds, a hard copy every 500
+    steps for 1 of 3; CleanRL: 1)"""
     target_network_frequency: int = 1
     """env steps between target network updates (1 with Polyak averaging; CleanRL: 500 with tau 1)"""
-    batch_size: int = 128
-    """transitions per gradient step (CleanRL and rl-baselines3-zoo: 128)"""
-    start_e: float = 1.0
-    """exploration epsilon at the start"""
+    batch_size: int = 128  # transitions per gradient step (CleanRL and rl-baselines3-zoo: 128)
+    start_e: float = 1.0  # exploration epsilon at the start
     end_e: float = 0.1
     """exploration epsilon at the end of the schedule (CartPole-v1 and LunarLander-v3: our sweeps; CleanRL: 0.05)"""
     exploration_fraction: float = 0.2
@@ -134,10 +128,8 @@ class QNetwork(nn.Sequential):
 
     def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: tuple[int, ...]):
         sizes = [obs_dim, *hidden_sizes]
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
-        super().__init__(*layers, nn.Linear(sizes[-1], n_actions))
+        hidden = [layer for n_in, n_out in zip(sizes, sizes[1:]) for layer in (nn.Linear(n_in, n_out), nn.ReLU())]
+        super().__init__(*hidden, nn.Linear(sizes[-1], n_actions))
         self.n_actions = n_actions
 
 

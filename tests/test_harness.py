@@ -28,7 +28,7 @@ MARKER = "# %% Harness"
 # lines from the top of each file to the marker (double_dueling_per_dqn.py: 600 until --huber-delta came, 2026-12-06;
 # 610 until its loss became a tested function and observations were cast to float32 at the env; all but dqn_atari.py
 # 10 more when the loop's evaluation, progress and stop became visible calls and --eval-checkpoint its own path)
-BUDGETS = {"dqn.py": 310, "dqn_lunar.py": 310, "dqn_atari.py": 400, "double_dueling_per_dqn.py": 600}
+BUDGETS = {"dqn.py": 300, "dqn_lunar.py": 300, "dqn_atari.py": 400, "double_dueling_per_dqn.py": 600}
 FAST = dict(total_timesteps=3000, learning_starts=500, eval_frequency=1500, eval_episodes=2)
 
 
