@@ -9,7 +9,6 @@ at all.
 """
 
 import dataclasses
-import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import tyro
+
+from script_runs import ScriptError, output_file, read_checkpoint, write_whole
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,29 +43,33 @@ def main(argv=None) -> int:
         print("error: --seconds must be > 0, --fps >= 1 and --scale in (0, 1]", file=sys.stderr)
         return 2
     try:
-        script = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["script"]
-    except Exception as error:  # not there, not a torch file, not a checkpoint of these scripts
-        print(f"error: cannot read {args.checkpoint} as a checkpoint ({type(error).__name__}: {error})"[:300],
-              file=sys.stderr)
+        source, checkpoint = read_checkpoint(args.checkpoint)
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("script"), str):
+            raise ScriptError(f"{source} is not a checkpoint of these scripts (it names no script)")
+        output = output_file(args.output, "OUTPUT")  # before the episode is played
+    except ScriptError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
+    script = checkpoint["script"]
     from moviepy import VideoFileClip  # the scripts' --capture-video needs moviepy already
 
     with tempfile.TemporaryDirectory() as folder:
         copy = Path(folder) / "checkpoint.pt"
-        shutil.copy(args.checkpoint, copy)
+        shutil.copy(source, copy)
         played = subprocess.run([sys.executable, str(REPO_ROOT / f"{script}.py"), "--eval-checkpoint", str(copy),
                                  "--capture-video", "--eval-episodes", "1"], capture_output=True, text=True)
         videos = sorted((Path(folder) / "videos").glob("*.mp4"))
         if played.returncode != 0 or not videos:
             print(f"error: {script}.py did not record an episode: {played.stderr.strip()[-300:]}", file=sys.stderr)
             return 1
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        temporary = output.with_name(output.name + ".tmp.gif")
         with VideoFileClip(str(videos[0])) as clip:
             seconds = min(args.seconds, clip.duration)
-            clip.subclipped(0, seconds).resized(args.scale).write_gif(str(temporary), fps=args.fps, logger=None)
-        os.replace(temporary, output)
+            try:
+                write_whole(output, lambda temporary: clip.subclipped(0, seconds).resized(args.scale).write_gif(
+                    str(temporary), fps=args.fps, logger=None))
+            except ScriptError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 1
     print(f"{output}: {seconds:.1f} s of {script}.py playing, {output.stat().st_size / 1e6:.2f} MB")
     return 0
 

@@ -11,13 +11,14 @@ Dropped: the target network, the optimizer's moments, the random states and the 
 """
 
 import dataclasses
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import torch
 import tyro
+
+from script_runs import ScriptError, output_file, read_checkpoint, write_whole
 
 RESET = dict(runs_dir="runs", resume=None, eval_checkpoint=None, track=False, capture_video=False, save_replay=False,
              wandb_entity=None)  # the run options that name this machine's folders or write files: their defaults
@@ -42,23 +43,26 @@ def exported(checkpoint: dict) -> dict:
 
 def main(argv=None) -> int:
     args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
-    source = Path(args.checkpoint) / "checkpoint.pt" if Path(args.checkpoint).is_dir() else Path(args.checkpoint)
     try:
-        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-        model = exported(checkpoint)
-    except (OSError, RuntimeError, KeyError, TypeError, AttributeError) as error:
-        print(f"error: {source} is not a checkpoint of these scripts ({type(error).__name__}: {error})"[:300],
-              file=sys.stderr)
+        source, checkpoint = read_checkpoint(args.checkpoint)
+        try:
+            model = exported(checkpoint)
+        except (KeyError, TypeError, AttributeError) as error:
+            why = f"{type(error).__name__}: {error}"
+            raise ScriptError(f"{source} is not a checkpoint of these scripts ({why})"[:300]) from None
+        output = output_file(args.output, "OUTPUT")
+    except ScriptError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(output.name + ".tmp")
+
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as file:  # a Python file: a full disk is an OSError that says so
+            torch.save(model, file)
+
     try:
-        torch.save(model, temporary)
-        os.replace(temporary, output)
-    except (OSError, RuntimeError) as error:
-        temporary.unlink(missing_ok=True)
-        print(f"error: cannot write {output}: {error}", file=sys.stderr)
+        write_whole(output, save)
+    except ScriptError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"{output}: the Q-network of {model['script']}.py on {model['env_id']} at step {model['global_step']:,} "
           f"({output.stat().st_size / 1e6:.1f} MB); evaluate it with\n  python {model['script']}.py --eval-checkpoint "

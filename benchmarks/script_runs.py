@@ -52,6 +52,47 @@ def check_writable(folder: Path, what: str) -> None:
                 path.rmdir()
 
 
+def output_file(given: str, what: str) -> Path:
+    """The file `given` names, once its folder is known to take it: a ScriptError, before any work, if it names a
+    folder or its folder cannot be written."""
+    path = Path(given)
+    if path.name in ("", "..") or path.is_dir():
+        raise ScriptError(f"{what} {given!r} must name a file, not a folder")
+    check_writable(path.parent, f"{what}'s folder")
+    return path
+
+
+def read_checkpoint(given: str) -> tuple[Path, dict]:
+    """The checkpoint at `given` (a run directory: its checkpoint.pt), tensors and plain data only: a ScriptError if it
+    is missing or is not a torch file."""
+    import torch
+
+    path = Path(given) / "checkpoint.pt" if Path(given).is_dir() else Path(given)
+    if not path.is_file():
+        raise ScriptError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return path, torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, empty, not a torch file, holding Python objects
+        raise ScriptError(f"{path} is not a checkpoint of these scripts ({type(error).__name__}: {error})"[:300]) \
+            from None
+
+
+def write_whole(path: Path, write) -> None:
+    """`write(temporary)` in `path`'s folder (made if missing), then renamed over `path`: the file whole or not at all;
+    a ScriptError naming `path` and why (a full disk) if it fails."""
+    temporary = path.with_name(path.name + ".tmp" + path.suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(temporary)
+        os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        failed = error if isinstance(error, OSError) else error.__context__  # torch's zip writer wraps a failed write
+        why = failed.strerror if isinstance(failed, OSError) and failed.strerror else error
+        raise ScriptError(f"cannot write {path}: {why}") from None
+
+
 def one_line(message: str) -> str:
     """tyro's boxed error message (a title line, a rule, the reason maybe wrapped over lines, a rule) as one line."""
     lines = [line.strip(" │╭╮╰╯─-") for line in message.splitlines()][1:]

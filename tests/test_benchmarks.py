@@ -539,3 +539,46 @@ def test_an_animation_of_a_checkpoint_playing_is_a_small_gif_and_nothing_is_writ
     with Image.open(gif) as image:
         assert image.format == "GIF" and 2 <= image.n_frames <= 20 and image.size == (300, 200)  # 600x400 halved
     assert gif.stat().st_size < 2_000_000 and sorted(path.name for path in run_dir.iterdir()) == before
+
+
+@pytest.mark.parametrize("tool", ["export_model", "animate"])
+def test_a_bad_checkpoint_or_output_of_export_and_animate_is_one_line_before_any_work(tool, tmp_path, capsys):
+    main = load_module(tool, REPO_ROOT / "benchmarks" / f"{tool}.py").main
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"script": "dqn", "env_id": "CartPole-v1", "args": {}, "run_args": {}, "global_step": 0,
+                "state": {"q_network": {}}}, checkpoint)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "folder").mkdir()
+    before = sorted(path.name for path in tmp_path.iterdir())
+    missing, blocked = str(tmp_path / "missing.pt"), str(tmp_path / "a_file" / "out")
+    for argv, message in [([missing, "out"], f"checkpoint '{missing}' does not exist"),
+                          ([str(tmp_path / "empty.pt"), "out"], "is not a checkpoint of these scripts"),
+                          ([str(checkpoint), blocked], f"folder '{tmp_path}/a_file' cannot be written: it is a file"),
+                          ([str(checkpoint), ""], "OUTPUT '' must name a file, not a folder"),
+                          ([str(checkpoint), str(tmp_path / "folder")], "must name a file, not a folder")]:
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and message in error and error.count("\n") == 1, (argv, error)
+    assert sorted(path.name for path in tmp_path.iterdir()) == before and not list((tmp_path / "folder").iterdir())
+
+
+def test_an_export_to_a_full_disk_says_no_space_and_leaves_no_file(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("this machine does not let root mount a tmpfs")
+    try:
+        checkpoint = tmp_path / "checkpoint.pt"
+        torch.save({"script": "dqn", "env_id": "CartPole-v1", "args": {}, "run_args": {}, "global_step": 0,
+                    "state": {"q_network": {"weight": torch.zeros(100_000)}}}, checkpoint)
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "export_model.py"), str(checkpoint),
+                                 str(disk / "model.pt")], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and result.stderr == f"error: cannot write {disk}/model.pt: No space left on " \
+            "device\n", result.stderr
+        assert not list(disk.iterdir())
+    finally:
+        subprocess.run(["umount", str(disk)])
+
