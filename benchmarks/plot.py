@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 import scipy.stats  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from script_runs import REPO_ROOT, RunDir, ScriptError, cli, find_runs  # noqa: E402
+from script_runs import REPO_ROOT, RunDir, ScriptError, check_writable, cli, find_runs  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -463,6 +463,9 @@ def main(argv: list[str]) -> int:
             raise ScriptError(f"--smooth must be >= 1 (got {args.smooth})")
         if missing := [str(path) for path in runs_dirs if not path.is_dir()]:
             raise ScriptError(f"no such folder: {', '.join(missing)}")
+        if Path(args.name).name != args.name or args.name in ("", "..") or "\\" in args.name:
+            raise ScriptError(f"--name must be a file name (got {args.name!r})")
+        check_writable(Path(args.out_dir or runs_dirs[0]), "--out-dir")  # before the runs are read
     except ScriptError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -582,3 +582,13 @@ def test_an_export_to_a_full_disk_says_no_space_and_leaves_no_file(tmp_path):
     finally:
         subprocess.run(["umount", str(disk)])
 
+
+def test_the_plotter_refuses_an_output_it_cannot_write_in_one_line_before_reading_the_runs(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    for flags, message in [(["--out-dir", str(tmp_path / "a_file")],
+                            f"--out-dir '{tmp_path}/a_file' cannot be written: it is a file, not a folder"),
+                           (["--name", "a/b"], "--name must be a file name (got 'a/b')"),
+                           (["--name", ""], "--name must be a file name (got '')")]:
+        assert plot_module.main(["--runs-dir", str(tmp_path), *flags]) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]
