@@ -40,18 +40,26 @@ def finished_runs(runs_dir: Path, exp_name: str) -> list[Path]:
 def evaluate(script, run_dir: Path, episodes: int) -> dict:
     """The run's final network over `episodes` episodes: {"seed", "returns", "global_step", "wall_time_s"}."""
     saved = run_dir / f"final_eval_{episodes}.json"
-    if (result := read_json(saved)) is not None:
-        return result
+    if isinstance(result := read_json(saved), dict) and isinstance(result.get("returns"), list) and result["returns"]:
+        return result  # (one without returns, as an interrupted evaluation once wrote, is done again)
     summary = read_json(run_dir / "summary.json")
-    args, run_args = script.parse(["--eval-checkpoint", str(run_dir / "checkpoint.pt"), "--eval-episodes",
-                                   str(episodes)])
-    evaluation = script.module.main(args, run_args)
+    try:
+        args, run_args = script.parse(["--eval-checkpoint", str(run_dir / "checkpoint.pt"), "--eval-episodes",
+                                       str(episodes)])
+        evaluation = script.module.main(args, run_args)
+    except script.module.ConfigError as error:  # a checkpoint that the script cannot read or use
+        raise ScriptError(str(error)) from None
+    if evaluation["status"] == "interrupted":  # Ctrl-C or SIGTERM, which the script's main caught
+        raise KeyboardInterrupt
     if evaluation["global_step"] != summary["global_step"]:
         raise ScriptError(f"{run_dir}/checkpoint.pt is from step {evaluation['global_step']:,}, not the run's last "
                           f"({summary['global_step']:,})")
     result = {"seed": summary["seed"], "returns": evaluation["eval_returns"], "global_step": summary["global_step"],
               "wall_time_s": summary["wall_time_s"]}
-    saved.write_text(json.dumps(result) + "\n")
+    try:
+        saved.write_text(json.dumps(result) + "\n")
+    except OSError as error:  # a read-only run directory: the result stands, it is only not kept
+        print(f"warning: cannot keep the returns in {saved}: {error.strerror}", file=sys.stderr)
     return result
 
 
@@ -140,6 +148,10 @@ def main(argv: list[str]) -> int:
     except ScriptError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the evaluations that finished are kept; the same command again does the rest",
+              file=sys.stderr)
+        return 130
     for name in names:
         print(("\n" + name if len(names) > 1 else "") + "\n" + table(results[name], args.threshold))
     if len(names) > 1:

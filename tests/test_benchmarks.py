@@ -592,3 +592,25 @@ def test_the_plotter_refuses_an_output_it_cannot_write_in_one_line_before_readin
         assert plot_module.main(["--runs-dir", str(tmp_path), *flags]) == 2
         assert capsys.readouterr().err == f"error: {message}\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_final_eval_reports_a_broken_checkpoint_and_an_interruption_in_one_line(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "CartPole-v1__dqn__1__1"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_text("not a checkpoint")
+    (run_dir / "summary.json").write_text(json.dumps({"status": "finished", "seed": 1, "global_step": 9}))
+    final_eval = load_module("final_eval", REPO_ROOT / "benchmarks" / "final_eval.py")
+    argv = ["--script", "dqn.py", "--runs-dir", str(tmp_path), "--episodes", "3"]
+    assert final_eval.main(argv) == 2
+    assert capsys.readouterr().err == f"error: cannot read '{run_dir}/checkpoint.pt': it is truncated or corrupted\n"
+    import script_runs  # a Ctrl-C during an evaluation: the script's main says "interrupted" and returns no returns
+
+    (run_dir / "final_eval_3.json").write_text('{"seed": 1, "returns": null}')  # as such a Ctrl-C once left: redone
+
+    fake = type("FakeScript", (), dict(ConfigError=ValueError, parse_command_line=lambda argv: (None, None),
+                                       main=lambda args, run_args: {"status": "interrupted", "eval_returns": None}))
+    monkeypatch.setattr(final_eval, "load_script", lambda given, path: script_runs.Script(path, given, fake, {}))
+    assert final_eval.main(argv) == 130
+    assert capsys.readouterr().err.strip() == "interrupted: the evaluations that finished are kept; the same command " \
+        "again does the rest"
+    assert json.loads((run_dir / "final_eval_3.json").read_text())["returns"] is None  # nothing new written
