@@ -512,6 +512,9 @@ def main(argv: list[str]) -> int:
     except (UsageError, ScriptError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while the scripts (and torch) load to check the settings
+        print("\ninterrupted before any run started", file=sys.stderr)
+        return 130
     logs_dir = runs_dir / "_logs"
     todo = [job for job in jobs if job.action != "skip"]
     counts = {action: sum(job.action == action for job in jobs) for action in ["skip", "run", "resume", "restart"]}

@@ -614,3 +614,13 @@ def test_final_eval_reports_a_broken_checkpoint_and_an_interruption_in_one_line(
     assert capsys.readouterr().err.strip() == "interrupted: the evaluations that finished are kept; the same command " \
         "again does the rest"
     assert json.loads((run_dir / "final_eval_3.json").read_text())["returns"] is None  # nothing new written
+
+
+def test_a_ctrl_c_while_the_runner_loads_the_scripts_is_one_line_and_exit_status_130(tmp_path, capsys, monkeypatch):
+    def interrupted(*args):  # Ctrl-C while a script (and torch with it) is imported to check its settings
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "build_combinations", interrupted)
+    assert run_module.main(["--scripts", "dqn.py:CartPole-v1", "--seeds", "1", "--runs-dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "\ninterrupted before any run started\n"
+    assert not list(tmp_path.iterdir())
