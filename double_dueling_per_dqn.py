@@ -602,8 +602,10 @@ def train(args: Args, run: "Run") -> None:
 # defines `Args`, `RUN_DEFAULTS`, `check_args(args, run_args)` and `train(args, run)`, and imports what both use (math,
 # numpy, torch, gymnasium, dataclass, Optional, Callable); the rest comes in as arguments.
 import contextlib, csv, dataclasses, importlib.util, json, os, random, shutil, signal, sys, tempfile  # noqa: E401, E402
-import threading, time  # noqa: E401, E402
+import threading, time, warnings  # noqa: E401, E402
 fcntl = importlib.import_module("fcntl") if os.name == "posix" else None  # the run directory's lock (not on Windows)
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # --capture-video: pygame draws off-screen, seeking no display
+warnings.filterwarnings("ignore", ".*Overwriting existing videos")  # each evaluation's video has a name of its own
 from pathlib import Path  # noqa: E402
 from typing import Any, Literal, Union, get_args, get_origin  # noqa: E402
 
@@ -892,9 +894,8 @@ def load_state(run: Run, state: dict) -> None:
 def evaluate_checkpoint(run: Run, policy: Callable, eval_env: Callable, **networks) -> None:
     """--eval-checkpoint: load `networks` from the checkpoint and evaluate `policy` on `eval_env`; no training."""
     load_state(run, networks)
-    step = run.checkpoint["global_step"]
+    run.global_step, run.status, step = run.checkpoint["global_step"], "evaluated", run.checkpoint["global_step"]
     video_dir = str(run.checkpoint_file.parent / "videos") if run.run_args.capture_video else None
-    run.global_step, run.status = step, "evaluated"
     run.eval_returns = evaluate(policy, eval_env(video_dir, f"eval-checkpoint-step{step}"), run.run_args.eval_episodes,
                                 run.run_args.eval_epsilon, run.run_args.seed)
     print(f"{run.args.env_id}: {len(run.eval_returns)} episodes, return {np.mean(run.eval_returns):.2f} "

@@ -3,7 +3,9 @@ run files, determinism, evaluation of a checkpoint, resume, copying the file alo
 CartPole."""
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -320,3 +322,17 @@ def test_wandb_offline_produces_a_local_run(tmp_path):
 def test_default_config_solves_cartpole(tmp_path):
     summary = train(dqn, seed=1, runs_dir=str(tmp_path / "runs"), save_model=False)
     assert summary["eval_mean"] >= 475, summary
+
+
+def test_capture_video_records_each_evaluation_and_prints_no_display_error_or_overwrite_warning(tmp_path):
+    """--capture-video on a machine without a display: pygame must not print SDL's 'error: XDG_RUNTIME_DIR ...' (read
+    as the script's own error), nor gymnasium warn of 'overwriting' videos when each evaluation writes a new file."""
+    env = {key: value for key, value in os.environ.items() if key not in ("SDL_VIDEODRIVER", "DISPLAY")}
+    result = subprocess.run([sys.executable, str(ROOT / "dqn.py"), "--total-timesteps", "1000", "--learning-starts",
+                             "500", "--eval-frequency", "500", "--eval-episodes", "1", "--capture-video",
+                             "--runs-dir", str(tmp_path)], env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "error" not in result.stderr and "Overwriting" not in result.stderr, result.stderr
+    videos = sorted(path.name for path in tmp_path.glob("*/videos/*.mp4"))
+    assert videos == ["eval-step1000-episode-0.mp4", "eval-step500-episode-0.mp4"]
