@@ -714,7 +714,7 @@ def due(global_step: int, every: int, num_envs: int) -> int:
 def greedy_actions(network: nn.Module, obs: np.ndarray) -> np.ndarray:
     """argmax over the last axis of network(obs) (or of its `greedy_network`, with the same argmax) for a NumPy batch
     obs: the greedy actions [N]. An MLP (Linear, ReLU, ..., Linear) on the CPU runs in NumPy on views of its parameters
-    (torch's dispatch costs more than a batch-1 forward): 21% fewer instructions per step (sps.py); others, torch."""
+    (torch's dispatch costs more than a batch-1 forward): a whole default run 11% shorter (docs/benchmarks.md)."""
     network = network.__dict__.get("greedy_network", network)
     cached = network.__dict__.get("numpy_views")  # (first weight, its data_ptr, views), or Nones for torch
     if cached is None or cached[0] is not None and cached[0].data_ptr() != cached[1]:  # the first call, or moved
