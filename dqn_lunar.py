@@ -530,7 +530,7 @@ def open_run(args, run_args: RunArgs) -> Run:
     evaluating, checkpoint_file, checkpoint = run_args.eval_checkpoint is not None, None, None
     if run_args.resume is not None or evaluating:
         checkpoint_file, checkpoint = read_checkpoint(run_args.resume or run_args.eval_checkpoint)
-        check_checkpoint(checkpoint_file, checkpoint, args, MODEL_FIELDS if evaluating else RESUME_FIELDS)
+        check_checkpoint(checkpoint_file, checkpoint, args, resuming=not evaluating)
     if not evaluating or run_args.capture_video:  # the folder this run writes to (with --eval-checkpoint: videos)
         check_writable(checkpoint_file.parent if checkpoint_file else Path(run_args.runs_dir),
                        "--runs-dir" if checkpoint_file is None else "the run directory")
@@ -545,19 +545,19 @@ def open_run(args, run_args: RunArgs) -> Run:
     return Run(args, run_args, device, checkpoint_file, checkpoint)
 
 
-def check_checkpoint(path: Path, checkpoint: dict, args, fields: dict) -> None:
+def check_checkpoint(path: Path, checkpoint: dict, args, resuming: bool) -> None:
     """Refuse a checkpoint of another script or env, with a field missing or mistyped, finished, or behind its run's."""
     if checkpoint.get("script") != SCRIPT:
         raise ConfigError(f"{str(path)!r} is not a {SCRIPT}.py checkpoint (it comes from {checkpoint.get('script')})")
     if checkpoint["env_id"] != args.env_id:
         raise ConfigError(f"{str(path)!r} was trained on {checkpoint['env_id']}, not {args.env_id}")
-    check_fields(path, checkpoint, fields)
+    check_fields(path, checkpoint, RESUME_FIELDS if resuming else MODEL_FIELDS)
     if checkpoint["global_step"] < 0:
         raise ConfigError(f"{str(path)!r} is not a whole checkpoint: its global_step is {checkpoint['global_step']}")
-    if fields is RESUME_FIELDS and path.name != "checkpoint.pt" and (path.parent / "checkpoint.pt").exists():
+    if resuming and path.name != "checkpoint.pt" and (path.parent / "checkpoint.pt").exists():
         raise ConfigError(f"resuming {str(path)!r} would overwrite the checkpoint.pt beside it and the steps after it: "
                           f"resume {str(path.parent)!r}, or copy {path.name} into a folder of its own to go on from it")
-    if fields is RESUME_FIELDS and checkpoint["global_step"] >= args.total_timesteps:
+    if resuming and checkpoint["global_step"] >= args.total_timesteps:
         raise ConfigError(f"{str(path)!r} is finished: it has run {checkpoint['global_step']:,} steps; training on "
                           "needs a larger --total-timesteps")
 
