@@ -539,6 +539,10 @@ def write_atomically(path: Path, write: Callable, mode: str = "wb") -> None:
         raise
 
 
+def save_checkpoint(path: Path, state: dict) -> None:
+    write_atomically(path, lambda file: torch.save(state, file))
+
+
 def read_checkpoint(given: str, mmap: bool = False) -> tuple[Path, dict]:
     """The checkpoint at `given` (a run directory: its checkpoint.pt), of tensors and plain data only (weights_only)."""
     path = Path(given) / "checkpoint.pt" if Path(given).is_dir() else Path(given)
@@ -619,7 +623,7 @@ def open_run(args, run_args: RunArgs) -> Run:
 
 
 def check_checkpoint(path: Path, checkpoint: dict, args, resuming: bool) -> None:
-    """Refuse a checkpoint of another script or env, with a field missing or mistyped, finished, or behind its run's."""
+    """Refuse a checkpoint of another script or env, with a field missing or of the wrong type, or finished."""
     if checkpoint.get("script") != SCRIPT:
         raise ConfigError(f"{str(path)!r} is not a {SCRIPT}.py checkpoint (it comes from {checkpoint.get('script')})")
     if checkpoint["env_id"] != args.env_id:
@@ -627,9 +631,6 @@ def check_checkpoint(path: Path, checkpoint: dict, args, resuming: bool) -> None
     check_fields(path, checkpoint, RESUME_FIELDS if resuming else MODEL_FIELDS)
     if checkpoint["global_step"] < 0:
         raise ConfigError(f"{str(path)!r} is not a whole checkpoint: its global_step is {checkpoint['global_step']}")
-    if resuming and path.name != "checkpoint.pt" and (path.parent / "checkpoint.pt").exists():
-        raise ConfigError(f"resuming {str(path)!r} would overwrite the checkpoint.pt beside it and the steps after it: "
-                          f"resume {str(path.parent)!r}, or copy {path.name} into a folder of its own to go on from it")
     if resuming and checkpoint["global_step"] >= args.total_timesteps:
         raise ConfigError(f"{str(path)!r} is finished: it has run {checkpoint['global_step']:,} steps; training on "
                           "needs a larger --total-timesteps")
@@ -851,7 +852,7 @@ def evaluate_and_save(run: Run) -> None:
     if run.run_args.save_model:
         save_latest(run)
         if best and run.status == "running":  # (not if the network has diverged)
-            write_atomically(run.run_dir / "best.pt", lambda file: torch.save(checkpoint_state(run), file))
+            save_checkpoint(run.run_dir / "best.pt", checkpoint_state(run))
     if run.run_args.target_return is not None and mean >= run.run_args.target_return:
         run.status = "target_reached"
         print(f"evaluation mean {mean:.2f} reached --target-return {run.run_args.target_return}: stopping")
@@ -877,9 +878,8 @@ def save_latest(run: Run) -> None:
                for parameter in thing.parameters()):
         return diverged(run, "a network parameter is not finite")
     if run.run_args.save_replay:
-        replay = {"global_step": run.global_step, "replay": run.replay.state_dict()}
-        write_atomically(run.run_dir / "replay.pt", lambda file: torch.save(replay, file))
-    write_atomically(run.run_dir / "checkpoint.pt", lambda file: torch.save(checkpoint_state(run), file))
+        save_checkpoint(run.run_dir / "replay.pt", {"global_step": run.global_step, "replay": run.replay.state_dict()})
+    save_checkpoint(run.run_dir / "checkpoint.pt", checkpoint_state(run))
 
 
 def show_progress(run: Run, total_timesteps: int) -> None:

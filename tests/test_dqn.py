@@ -278,7 +278,7 @@ def test_resume_refuses_a_checkpoint_from_another_env_or_script(tmp_path):
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    dqn.write_atomically(path, lambda file: torch.save({"script": "dqn", "global_step": 1}, file))
+    dqn.save_checkpoint(path, {"script": "dqn", "env_id": "CartPole-v1", "global_step": 1})
 
     def crash_half_way(state, file):
         file.write(b"partial bytes")
@@ -286,7 +286,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, 
 
     monkeypatch.setattr(torch, "save", crash_half_way)
     with pytest.raises(KeyboardInterrupt):
-        dqn.write_atomically(path, lambda file: torch.save({"script": "dqn", "global_step": 2}, file))
+        dqn.save_checkpoint(path, {"script": "dqn", "env_id": "CartPole-v1", "global_step": 2})
     monkeypatch.undo()
     assert dqn.read_checkpoint(str(path))[1]["global_step"] == 1
 

@@ -205,23 +205,6 @@ def test_a_finished_run_says_so_and_a_checkpoint_copied_out_of_its_run_resumes_t
     assert summary["status"] == "finished" and summary["global_step"] == 2500
 
 
-def test_resuming_a_best_pt_beside_its_runs_checkpoint_is_refused_and_a_copy_of_it_resumes(saved, tmp_path):
-    """--resume run/best.pt would overwrite run/checkpoint.pt and cut metrics.csv back to best.pt's step: the later
-    steps would be lost without a word. Refused, nothing written; best.pt copied into a folder of its own goes on."""
-    run_dir, branch = tmp_path / "run", tmp_path / "branch"
-    run_dir.mkdir()
-    branch.mkdir()
-    for name in ("checkpoint.pt", "best.pt"):
-        torch.save(saved, run_dir / name)
-    before = files_in(run_dir)
-    with pytest.raises(dqn.ConfigError, match="would overwrite the checkpoint.pt beside it") as error:
-        dqn.main(*dqn.parse_command_line(["--resume", str(run_dir / "best.pt"), "--total-timesteps", "2500"]))
-    assert "copy best.pt into a folder of its own" in str(error.value) and files_in(run_dir) == before
-    shutil.copy(run_dir / "best.pt", branch / "best.pt")
-    summary = train(dqn, **SHORT | dict(total_timesteps=2500, eval_episodes=1), resume=str(branch / "best.pt"))
-    assert summary["status"] == "finished" and summary["run_dir"] == str(branch)
-
-
 def test_a_checkpoint_without_the_network_to_evaluate_is_refused_not_scored_at_random(saved, tmp_path):
     checkpoint = copy.deepcopy(saved)
     checkpoint["state"] = {}
